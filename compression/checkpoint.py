@@ -1,0 +1,126 @@
+"""The shrinkflow model file: architecture spec + tensors, loadable with torch.load(weights_only=True).
+
+Trimmed and pruned models no longer match their torchvision class, so instead of pickling modules we store
+how to rebuild the architecture (`shrinkflow_spec`) and the sizes of every conv, norm and linear layer;
+loading rebuilds, resizes those layers and loads the tensors strictly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compression import CompressionError
+from compression.models import build_model
+from compression.trimming import apply_trim
+
+FORMAT = "shrinkflow-model/1"
+_SHAPE_ATTRS = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.modules.batchnorm._BatchNorm: ("num_features",),
+    nn.LayerNorm: ("normalized_shape",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _layer_sizes(model: nn.Module) -> dict[str, dict]:
+    sizes = {}
+    for name, module in model.named_modules():
+        for cls, attrs in _SHAPE_ATTRS.items():
+            if isinstance(module, cls):
+                sizes[name] = {a: (list(v) if isinstance(v := getattr(module, a), tuple) else v) for a in attrs}
+    return sizes
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> str:
+    """Write the model file atomically; returns its sha256."""
+    if not hasattr(model, "shrinkflow_spec"):
+        raise CompressionError("model has no shrinkflow_spec; build it with compression.models.build_model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "spec": dict(model.shrinkflow_spec),
+        "layer_sizes": _layer_sizes(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def _resize_layers(model: nn.Module, sizes: dict[str, dict], state: dict) -> None:
+    for name, attrs in sizes.items():
+        module = model.get_submodule(name)
+        for attr, value in attrs.items():
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+        for pname, param in list(module.named_parameters(recurse=False)):
+            key = f"{name}.{pname}" if name else pname
+            if key in state and state[key].shape != param.shape:
+                setattr(module, pname, nn.Parameter(torch.empty_like(state[key])))
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            key = f"{name}.{bname}" if name else bname
+            if buf is not None and key in state and state[key].shape != buf.shape:
+                module.register_buffer(bname, torch.empty_like(state[key]))
+
+
+def load_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """load_state_dict with one readable line when the checkpoint was made for another model."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        detail = (f"shape {mismatched[0]}" if mismatched else f"missing {missing[0]}" if missing
+                  else f"unexpected {unexpected[0]}")
+        raise CompressionError(f"{source} does not match the model ({len(missing)} missing, {len(unexpected)} "
+                               f"unexpected, {len(mismatched)} mismatched keys; first: {detail})")
+    model.load_state_dict(state)
+
+
+def read_model_file(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CompressionError(f"model file {path} does not exist")
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        raise CompressionError(f"model file {path} does not match its recorded sha256; refusing to load it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CompressionError(f"cannot read model file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CompressionError(f"{path} is not a shrinkflow model file (format {FORMAT})")
+    return payload
+
+
+def load_model(path: str | os.PathLike, expected_sha256: str | None = None) -> nn.Module:
+    """Rebuild and load a model written by save_model (trimmed and pruned ones included), in eval mode."""
+    payload = read_model_file(path, expected_sha256)
+    spec = payload["spec"]
+    model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"])
+    if spec.get("trim"):
+        apply_trim(model, spec["trim"])
+    model.shrinkflow_spec = dict(spec)
+    _resize_layers(model, payload["layer_sizes"], payload["state_dict"])
+    load_state(model, payload["state_dict"], str(path))
+    return model.eval()
+
+
+def model_meta(path: str | os.PathLike) -> dict:
+    return read_model_file(path)["meta"]

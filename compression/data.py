@@ -1,0 +1,400 @@
+"""Datasets held as in-memory uint8 tensors, with a fast batch iterator.
+
+torchvision's FashionMNIST converts every sample to PIL in __getitem__; slicing one uint8 tensor is many
+times faster on CPU and keeps the whole pipeline fork-free (no DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compression import CompressionError
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# Per-channel statistics used to normalise inputs (0-1 pixel scale).
+NORMALIZATION = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass
+class Split:
+    """One split of a dataset: uint8 images [N, C, H, W] and int64 labels [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise CompressionError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise CompressionError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index], self.classes)
+
+    def digest(self) -> str:
+        """Content hash of the split: same pixels, labels and class names give the same digest."""
+        h = hashlib.sha256()
+        h.update(repr((tuple(self.images.shape), self.classes)).encode())
+        h.update(self.labels.numpy().tobytes())
+        h.update(self.images.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits of one task plus the normalisation every model trained on it uses."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""
+    digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def input_size(self) -> int:
+        return self.train.images.shape[-1]
+
+    def compute_digests(self) -> dict[str, str]:
+        self.digests = {name: getattr(self, name).digest() for name in ("train", "val", "test")}
+        return self.digests
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise CompressionError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
+    if data.size != int(np.prod(dims)):
+        raise CompressionError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _has_fashion_mnist(directory: Path) -> bool:
+    return all((directory / name).is_file() or (directory / name[:-3]).is_file()
+               for name in FASHION_MNIST_FILES.values())
+
+
+def _idx_path(directory: Path, name: str) -> Path:
+    gz = directory / name
+    return gz if gz.is_file() else directory / name[:-3]
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Directory holding the four Fashion-MNIST IDX files.
+
+    Looked up in order: `data_dir`, ./data, ./data/fashion-mnist, the Debian package's directory, then a
+    torchvision download into ./data when online. One error lists every place tried.
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CompressionError(f"data directory {data_dir} does not exist")
+    candidates = [Path(data_dir)] if data_dir else []
+    candidates += [Path("data"), Path("data/fashion-mnist"), Path("data/FashionMNIST/raw"), SYSTEM_FASHION_MNIST_DIR]
+    for directory in candidates:
+        if _has_fashion_mnist(directory):
+            return directory
+    tried = [str(c) for c in candidates]
+    if download:
+        target = Path(data_dir) if data_dir else Path("data")
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(target), train=True, download=True)
+            FashionMNIST(str(target), train=False, download=True)
+            raw = target / "FashionMNIST" / "raw"
+            if _has_fashion_mnist(raw):
+                return raw
+        except Exception as exc:  # no network, no write permission, ...
+            tried.append(f"torchvision download into {target} ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+    else:
+        tried.append("torchvision download (disabled)")
+    raise CompressionError(
+        "Fashion-MNIST not found; tried " + "; ".join(tried)
+        + ". Install it with `apt-get install dataset-fashion-mnist` or pass data.data_dir"
+    )
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> tuple[Split, Split, str]:
+    """(official train split, official test split, directory read)."""
+    directory = find_fashion_mnist(data_dir, download)
+    splits = []
+    for prefix in ("train", "test"):
+        images = _read_idx(_idx_path(directory, FASHION_MNIST_FILES[f"{prefix}_images"]))
+        labels = _read_idx(_idx_path(directory, FASHION_MNIST_FILES[f"{prefix}_labels"]))
+        splits.append(Split(torch.from_numpy(images.copy()).unsqueeze(1),
+                            torch.from_numpy(labels.astype(np.int64)), list(FASHION_MNIST_CLASSES)))
+    return splits[0], splits[1], str(directory)
+
+
+# ---------------------------------------------------------------- CIFAR-10 and image folders
+
+def load_cifar10(data_dir: str | os.PathLike) -> tuple[Split, Split, str]:
+    """CIFAR-10 from the official python batches (`cifar-10-batches-py` under data_dir); never downloads.
+
+    The batches are pickles, as the dataset ships them: read only copies you trust.
+    """
+    import pickle
+
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    missing = [n for n in names["train"] + names["test"] + ["batches.meta"] if not (folder / n).is_file()]
+    if missing:
+        raise CompressionError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}")
+    with open(folder / "batches.meta", "rb") as f:
+        classes = list(pickle.load(f, encoding="latin1")["label_names"])
+    splits = []
+    for part in ("train", "test"):
+        images, labels = [], []
+        for name in names[part]:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(batch["labels"])
+        splits.append(Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64), classes))
+    return splits[0], splits[1], str(folder)
+
+
+def _read_folder(root: Path, size: int, classes: list[str] | None = None) -> Split:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor, resize, center_crop
+
+    folder = ImageFolder(str(root))
+    if classes is not None and folder.classes != classes:
+        raise CompressionError(f"{root} has classes {folder.classes}, expected {classes}")
+    if len(folder.classes) < 2:
+        raise CompressionError(f"image folder {root} has {len(folder.classes)} class folder(s); at least 2 are needed")
+    images = []
+    for path, _ in folder.samples:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            images.append(center_crop(resize(pil_to_tensor(img), size, antialias=True), [size, size]))
+    labels = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
+    return Split(torch.stack(images), labels, list(folder.classes))
+
+
+def load_image_folder(root: str | os.PathLike, size: int) -> tuple[Split, Split | None, str]:
+    """Images in torchvision's ImageFolder layout (root/<class>/<image>), resized to size x size RGB.
+
+    With root/train and root/test (or root/val) the test split is read too; otherwise it is None and the
+    caller carves one out of the training images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CompressionError(f"image folder {root} does not exist")
+    if (root / "train").is_dir():
+        train = _read_folder(root / "train", size)
+        for name in ("test", "val"):
+            if (root / name).is_dir():
+                return train, _read_folder(root / name, size, train.classes), str(root)
+        return train, None, str(root)
+    return _read_folder(root, size), None, str(root)
+
+
+# ---------------------------------------------------------------- selection and splitting
+
+def select_classes(split: Split, classes: list[int]) -> Split:
+    """Keep only `classes` (indices into split.classes), relabelled 0..k-1 in the order given."""
+    if not classes:
+        raise CompressionError("class subset is empty")
+    bad = [c for c in classes if not 0 <= c < len(split.classes)]
+    if bad:
+        raise CompressionError(f"class subset {bad} out of range 0..{len(split.classes) - 1}")
+    if len(set(classes)) != len(classes):
+        raise CompressionError(f"class subset {classes} has duplicates")
+    lookup = torch.full((len(split.classes),), -1, dtype=torch.int64)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    new_labels = lookup[split.labels]
+    keep = new_labels >= 0
+    return Split(split.images[keep], new_labels[keep], [split.classes[c] for c in classes])
+
+
+def _per_class_order(split: Split, seed: int) -> list[torch.Tensor]:
+    """For each class, the indices of its samples in a seeded random order."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split), generator=g)
+    labels = split.labels[order]
+    return [order[labels == c] for c in range(len(split.classes))]
+
+
+def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
+    """At most `per_class` samples of each class, chosen with a seeded shuffle, kept in their original order."""
+    if per_class is None:
+        return split
+    keep = torch.cat([idx[:per_class] for idx in _per_class_order(split, seed)])
+    return split.subset(keep.sort().values)
+
+
+def split_per_class(split: Split, held_out_per_class: int, seed: int) -> tuple[Split, Split]:
+    """Stratified, seeded split: `held_out_per_class` samples of each class go to the second part."""
+    per_class = _per_class_order(split, seed)
+    short = [split.classes[c] for c, idx in enumerate(per_class) if len(idx) <= held_out_per_class]
+    if short:
+        raise CompressionError(f"classes {short} have too few samples to hold out {held_out_per_class} for validation")
+    held = torch.cat([idx[:held_out_per_class] for idx in per_class]).sort().values
+    rest = torch.cat([idx[held_out_per_class:] for idx in per_class]).sort().values
+    return split.subset(rest), split.subset(held)
+
+
+def load_dataset(
+    name: str = "fashion-mnist",
+    data_dir: str | None = None,
+    classes: list[int] | None = None,
+    train_per_class: int | None = None,
+    val_per_class: int = 100,
+    test_per_class: int | None = None,
+    image_size: int = 64,
+    download: bool = True,
+    seed: int = 0,
+) -> DataBundle:
+    """Load a dataset and cut it into train/val/test for one task.
+
+    Validation samples come out of the official training split (stratified, seeded) before the
+    training set is capped to `train_per_class` (the label budget); test is the official test split.
+    """
+    if name == "fashion-mnist":
+        train, test, source = load_fashion_mnist(data_dir, download)
+        norm = NORMALIZATION["fashion-mnist"]
+    elif name == "cifar10":
+        if data_dir is None:
+            raise CompressionError("cifar10 needs data.data_dir (the folder holding cifar-10-batches-py)")
+        train, test, source = load_cifar10(data_dir)
+        norm = NORMALIZATION["cifar10"]
+    elif name == "image-folder":
+        if data_dir is None:
+            raise CompressionError("image-folder needs data.data_dir (root/<class>/<image> layout)")
+        train, test, source = load_image_folder(data_dir, image_size)
+        if test is None:
+            smallest = min(train.class_counts())
+            train, test = split_per_class(train, max(1, smallest // 5), seed + 1)
+        norm = NORMALIZATION["imagenet"]
+    else:
+        raise CompressionError(f"unknown dataset {name!r}; choose fashion-mnist, cifar10 or image-folder")
+    if classes is not None:
+        train, test = select_classes(train, classes), select_classes(test, classes)
+    train, val = split_per_class(train, val_per_class, seed)
+    bundle = DataBundle(
+        name=name,
+        train=cap_per_class(train, train_per_class, seed),
+        val=val,
+        test=cap_per_class(test, test_per_class, seed),
+        mean=norm[0],
+        std=norm[1],
+        source=source,
+    )
+    bundle.compute_digests()
+    return bundle
+
+
+# ---------------------------------------------------------------- batching
+
+class Batches:
+    """Iterates (x, y) float batches from an in-memory Split.
+
+    Shuffling uses a generator seeded from (seed, epoch), so epoch e yields the same batches whether or not
+    training was resumed before it. Augmentation (random crop with padding, horizontal flip) is vectorised.
+    """
+
+    def __init__(self, split: Split, batch_size: int, mean, std, shuffle: bool = False, augment: bool = False,
+                 seed: int = 0, drop_last: bool = False, channels: int | None = None) -> None:
+        if batch_size < 1:
+            raise CompressionError(f"batch_size must be >= 1, got {batch_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last and len(split) > batch_size
+        self.epoch = 0
+        c = split.images.shape[1]
+        self.channels = channels or c
+        if self.channels != c and c != 1:
+            raise CompressionError(f"data has {c} channels, the model expects {self.channels}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        if self.mean.shape[1] != c:
+            # Grey statistics for colour input or vice versa: average them to one value per channel.
+            self.mean = self.mean.mean().view(1, 1, 1, 1)
+            self.std = self.std.mean().view(1, 1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
+        b, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        chans = torch.arange(x.shape[1])[None, :, None, None]
+        out = padded[torch.arange(b)[:, None, None, None], chans, rows, cols]
+        flip = torch.rand(b, generator=g) < 0.5
+        return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() / 255.0 - self.mean) / self.std
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        return x
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.normalize(self.split.images[idx])
+            if self.augment:
+                x = self._augment(x, g)
+            yield x, self.split.labels[idx]

@@ -1,0 +1,97 @@
+"""What a model costs and how well it does: accuracy, parameters, MACs, size on disk, CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from compression.data import Batches
+from compression.training import predict
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    pred = logits.argmax(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
+    return {"accuracy": (pred == labels).float().mean().item(), "per_class_accuracy": per_class,
+            "confusion": confusion.tolist()}
+
+
+def evaluate_classifier(model: nn.Module, batches: Batches) -> dict:
+    logits, labels = predict(model, batches)
+    return classification_metrics(logits, labels, logits.shape[1])
+
+
+def count_nonzero_params(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return total, nonzero
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass over `example` (FLOPs / 2), every aten op counted."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of the model's state_dict as torch.save writes it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.pt"
+        torch.save(model.state_dict(), path)
+        return path.stat().st_size
+
+
+@contextmanager
+def torch_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def cpu_latency(model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 5,
+                repeats: int = 30, throughput_batch: int = 64, throughput_repeats: int = 5) -> dict:
+    """Batch-1 latency percentiles (ms) and throughput (images/s) at `throughput_batch`, on CPU with a
+    fixed thread count, after warm-up."""
+    model = model.eval().cpu()
+    single = example[:1].cpu()
+    batch = example[:1].expand(throughput_batch, *example.shape[1:]).contiguous()
+    with torch_threads(threads):
+        for _ in range(warmup):
+            model(single)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(single)
+            times.append((time.perf_counter() - t) * 1000)
+        model(batch)
+        t = time.perf_counter()
+        for _ in range(throughput_repeats):
+            model(batch)
+        throughput = throughput_batch * throughput_repeats / (time.perf_counter() - t)
+    q = statistics.quantiles(times, n=20)
+    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": q[18], "throughput_ips": throughput,
+            "threads": threads}
+
+
+def profile(model: nn.Module, example: torch.Tensor, threads: int = 1, repeats: int = 30) -> dict:
+    """Cost figures of a model: params (total, non-zero), MACs, serialized size and CPU speed."""
+    total, nonzero = count_nonzero_params(model)
+    return {"params": total, "nonzero_params": nonzero, "macs": count_macs(model, example[:1]),
+            "size_bytes": serialized_size(model), **cpu_latency(model, example, threads, repeats=repeats)}

@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compression import CompressionError
+from compression import data as D
+
+
+def test_reads_real_fashion_mnist(fmnist):
+    train, test = fmnist
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert train.class_counts() == [6000] * 10 and test.class_counts() == [1000] * 10
+    assert train.images.dtype == torch.uint8 and 0.25 < train.images.float().mean().item() / 255 < 0.32
+
+
+def test_class_subset_is_remapped(fmnist):
+    train, _ = fmnist
+    sub = D.select_classes(train, [7, 5])
+    assert sub.classes == ["Sneaker", "Sandal"]
+    assert sub.class_counts() == [6000, 6000]
+    sneakers = train.images[train.labels == 7]
+    assert torch.equal(sub.images[sub.labels == 0], sneakers)
+
+
+@pytest.mark.parametrize("classes, message", [([], "empty"), ([3, 10], "out of range"), ([-1], "out of range"),
+                                              ([2, 2], "duplicates")])
+def test_bad_class_subset(fmnist, classes, message):
+    with pytest.raises(CompressionError, match=message):
+        D.select_classes(fmnist[0], classes)
+
+
+def test_load_dataset_splits_are_seeded_stratified_and_capped():
+    a = D.load_dataset(classes=[0, 1, 2], train_per_class=50, val_per_class=20, test_per_class=30, seed=3)
+    b = D.load_dataset(classes=[0, 1, 2], train_per_class=50, val_per_class=20, test_per_class=30, seed=3)
+    c = D.load_dataset(classes=[0, 1, 2], train_per_class=50, val_per_class=20, test_per_class=30, seed=4)
+    assert a.train.class_counts() == [50] * 3 and a.val.class_counts() == [20] * 3 and a.test.class_counts() == [30] * 3
+    assert a.digests == b.digests
+    assert a.digests["train"] != c.digests["train"]
+    assert a.digests["test"] != c.digests["test"]
+    # no validation image leaks into the training set
+    train_rows = {bytes(img.numpy()) for img in a.train.images}
+    assert not any(bytes(img.numpy()) in train_rows for img in a.val.images)
+
+
+def test_no_data_found_lists_every_place(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(CompressionError) as err:
+        D.find_fashion_mnist(download=False)
+    message = str(err.value)
+    assert "nowhere" in message and "data" in message and "download (disabled)" in message
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    with pytest.raises(CompressionError, match="does-not-exist does not exist"):
+        D.find_fashion_mnist(tmp_path / "does-not-exist")
+
+
+def test_truncated_idx_file(tmp_path):
+    import gzip
+    with gzip.open(tmp_path / "x.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + (100).to_bytes(4, "big") + bytes(10))
+    with pytest.raises(CompressionError, match="truncated"):
+        D._read_idx(tmp_path / "x.gz")
+
+
+def test_batches_normalise_shuffle_by_epoch_and_augment(fmnist):
+    split = fmnist[0].subset(torch.arange(300))
+    batches = D.Batches(split, 64, (0.286,), (0.353,), shuffle=True, seed=1)
+    first = [y for _, y in batches]
+    again = [y for _, y in batches]
+    batches.set_epoch(1)
+    other = [y for _, y in batches]
+    assert len(first) == 5 and sum(len(y) for y in first) == 300
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    x, _ = next(iter(D.Batches(split, 300, (0.286,), (0.353,))))
+    assert abs(x.mean().item()) < 0.3 and x.shape == (300, 1, 28, 28)
+    aug = D.Batches(split, 300, (0.286,), (0.353,), augment=True, channels=3)
+    xa, _ = next(iter(aug))
+    assert xa.shape == (300, 3, 28, 28) and not torch.equal(xa[:, :1], x)
+
+
+def _write_images(root, classes, per_class, size=20):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder(tmp_path):
+    _write_images(tmp_path / "imgs", ["cat", "dog", "fox"], 6)
+    bundle = D.load_dataset("image-folder", data_dir=str(tmp_path / "imgs"), val_per_class=1, image_size=16)
+    assert bundle.classes == ["cat", "dog", "fox"]
+    assert bundle.train.images.shape[1:] == (3, 16, 16)
+    assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 18
+
+
+def test_image_folder_with_one_class(tmp_path):
+    _write_images(tmp_path / "imgs", ["cat"], 3)
+    with pytest.raises(CompressionError, match="1 class folder"):
+        D.load_dataset("image-folder", data_dir=str(tmp_path / "imgs"))
+
+
+def test_cifar10_from_local_batches(tmp_path):
+    import pickle
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
+                         "labels": list(range(10)) * 2}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+    bundle = D.load_dataset("cifar10", data_dir=str(tmp_path), val_per_class=2)
+    assert bundle.train.images.shape[1:] == (3, 32, 32) and bundle.classes == names
+    assert bundle.test.class_counts() == [2] * 10
+    (folder / "test_batch").unlink()
+    with pytest.raises(CompressionError, match="lacks test_batch"):
+        D.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+def test_unknown_dataset():
+    with pytest.raises(CompressionError, match="unknown dataset 'mnist3d'"):
+        D.load_dataset("mnist3d")

@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+from compression import CompressionError
+from compression.data import Batches, load_dataset
+from compression.measure import evaluate_classifier, profile
+from compression.models import build_model
+from compression.training import TrainConfig, fit, seed_everything
+from compression.transfer import freeze_backbone_for, transfer_param_groups
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset(classes=[0, 1, 7, 9], train_per_class=30, val_per_class=20, test_per_class=25, seed=0)
+
+
+def _batches(bundle, augment=True):
+    train = Batches(bundle.train, 32, bundle.mean, bundle.std, shuffle=True, augment=augment)
+    val = Batches(bundle.val, 64, bundle.mean, bundle.std)
+    return train, val
+
+
+def _train(bundle, seed, epochs=2, **kw):
+    seed_everything(seed)
+    model = build_model("resnet18", 4, 1, 28)
+    model.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), model.fc)  # dropout exercises the per-epoch reseeding
+    train, val = _batches(bundle)
+    result = fit(model, train, val, TrainConfig(epochs=epochs, seed=seed, lr=0.02), **kw)
+    return model, result
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_does_not(small):
+    a, ra = _train(small, 1)
+    b, rb = _train(small, 1)
+    c, _ = _train(small, 2)
+    timing = {"epoch_time", "images_per_s"}
+    assert _same_weights(a, b)
+    assert [{k: v for k, v in row.items() if k not in timing} for row in ra.history] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in rb.history]
+    assert not _same_weights(a, c)
+
+
+def test_resume_after_crash_matches_an_uninterrupted_run(small, tmp_path):
+    reference, _ = _train(small, 5, epochs=3)
+
+    def crash_after_second_epoch(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(small, 5, epochs=3, checkpoint_dir=tmp_path, on_epoch_end=crash_after_second_epoch)
+    resumed, result = _train(small, 5, epochs=3, checkpoint_dir=tmp_path)
+    assert result.resumed_from_epoch == 1  # zero-based: epochs 1 and 2 were done
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert _same_weights(reference, resumed)
+
+
+def test_checkpoint_of_another_config_is_ignored(small, tmp_path):
+    _train(small, 5, epochs=1, checkpoint_dir=tmp_path)
+    _, result = _train(small, 6, epochs=1, checkpoint_dir=tmp_path)
+    assert result.resumed_from_epoch is None
+
+
+def test_early_stopping_and_best_weights(small):
+    seed_everything(0)
+    model = build_model("resnet18", 4, 1, 28)
+    train, val = _batches(small)
+    rows = []
+    result = fit(model, train, val, TrainConfig(epochs=30, lr=0.5, patience=1, scheduler="none"),
+                 on_epoch_end=rows.append)
+    assert result.stopped_early and len(rows) < 30
+    assert evaluate_classifier(model, val)["accuracy"] == pytest.approx(result.best_val_acc)
+
+
+@pytest.mark.parametrize("field, value", [("epochs", -1), ("lr", 0), ("optimizer", "adam"), ("scheduler", "poly"),
+                                          ("label_smoothing", 1.0), ("patience", 0)])
+def test_bad_training_settings_name_the_field(field, value):
+    with pytest.raises(CompressionError, match=f"{field}={value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_transfer_freezes_backbone_then_unfreezes(small):
+    seed_everything(0)
+    model = build_model("resnet18", 4, 1, 28)
+    stem = model.conv1.weight.detach().clone()
+    bn_mean = model.bn1.running_mean.clone()
+    head = model.fc.weight.detach().clone()
+    train, val = _batches(small)
+    snapshots = []
+    cfg = TrainConfig(epochs=2, optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    fit(model, train, val, cfg, param_groups=transfer_param_groups(model, 1e-3, 0.1),
+        on_epoch_start=freeze_backbone_for(1),
+        on_epoch_end=lambda row: snapshots.append((model.conv1.weight.detach().clone(), model.bn1.running_mean.clone(),
+                                                   model.fc.weight.detach().clone())))
+    after_frozen, after_unfrozen = snapshots
+    assert torch.equal(after_frozen[0], stem) and torch.equal(after_frozen[1], bn_mean)
+    assert not torch.equal(after_frozen[2], head)
+    assert not torch.equal(after_unfrozen[0], stem)
+
+
+def test_one_epoch_on_real_fashion_mnist_lands_well_above_chance():
+    bundle = load_dataset(train_per_class=150, val_per_class=20, test_per_class=100, seed=0)
+    seed_everything(0)
+    model = build_model("resnet18", 10, 1, 28)
+    train, val = _batches(bundle, augment=False)
+    fit(model, train, val, TrainConfig(epochs=1, optimizer="adamw", lr=2e-3, weight_decay=0.01))
+    accuracy = evaluate_classifier(model, Batches(bundle.test, 256, bundle.mean, bundle.std))["accuracy"]
+    assert accuracy > 0.5  # chance is 0.1
+
+
+def test_profile_reports_costs():
+    model = build_model("resnet18", 10, 1, 28)
+    figures = profile(model, torch.randn(4, 1, 28, 28), repeats=10)
+    assert figures["params"] > 11_000_000 and figures["nonzero_params"] <= figures["params"]
+    assert 30e6 < figures["macs"] < 40e6  # ~34M MACs for resnet18 at 28x28
+    assert figures["size_bytes"] > 4 * 11_000_000
+    assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"] and figures["throughput_ips"] > 0
+
+
+def test_confusion_and_per_class_accuracy():
+    from compression.measure import classification_metrics
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m = classification_metrics(logits, labels, 2)
+    assert m["accuracy"] == 0.5 and m["confusion"] == [[1, 0], [2, 1]]
+    assert m["per_class_accuracy"] == pytest.approx([1.0, 1 / 3])
