@@ -94,6 +94,12 @@ class DataBundle:
     def input_size(self) -> int:
         return self.train.images.shape[-1]
 
+    def batches(self, split: str, batch_size: int, train: bool = False, augment: bool = False, seed: int = 0,
+                channels: int | None = None) -> Batches:
+        """Batches of one split: shuffled (and optionally augmented) when `train`, in order otherwise."""
+        return Batches(getattr(self, split), batch_size, self.mean, self.std, shuffle=train,
+                       augment=augment and train, seed=seed, drop_last=train, channels=channels)
+
     def compute_digests(self) -> dict[str, str]:
         self.digests = {name: getattr(self, name).digest() for name in ("train", "val", "test")}
         return self.digests

@@ -59,6 +59,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Give the model a freshly initialised classifier with `num_classes` outputs (transfer learning)."""
     name = head_name(model)
     old = model.get_submodule(name)
+    if old.out_features == num_classes:
+        return model
     parent, leaf = _parent(model, name)
     setattr(parent, leaf, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
     if hasattr(model, "shrinkflow_spec"):
@@ -70,6 +72,8 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Swap the stem convolution for one taking `in_channels`; pretrained RGB filters are summed for grey input."""
     name = first_conv_name(model)
     old: nn.Conv2d = model.get_submodule(name)
+    if hasattr(model, "shrinkflow_spec"):
+        model.shrinkflow_spec["in_channels"] = in_channels
     if old.in_channels == in_channels:
         return model
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,

@@ -1,0 +1,238 @@
+"""Pipeline configuration: YAML files validated by pydantic, with dotted-key overrides.
+
+A bad value fails here, before any work, with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compression.training import TrainConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    name: Literal["fashion-mnist", "cifar10", "image-folder"] = "fashion-mnist"
+    data_dir: str | None = None
+    classes: list[int] | None = None
+    train_per_class: int | None = Field(None, ge=1, description="label budget; None uses every training image")
+    val_per_class: int = Field(100, ge=1)
+    test_per_class: int | None = Field(None, ge=1)
+    image_size: int = Field(64, ge=8, description="image-folder only: images are resized to this")
+    download: bool = True
+    eval_batch_size: int = Field(256, ge=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value):
+        if value is not None:
+            if not value:
+                raise ValueError("class subset is empty")
+            if any(c < 0 for c in value):
+                raise ValueError(f"class subset {value} has negative indices")
+            if len(set(value)) != len(value):
+                raise ValueError(f"class subset {value} has duplicates")
+        return value
+
+
+SOURCE_PATTERN = re.compile(r"^(torchvision:[\w.]+(:[\w.]+)?|scratch:[\w.]+|models:/.+|file:.+)$")
+
+
+class StageConfig(Section):
+    """A stage that trains: a partial `train:` mapping in YAML is laid over the stage's own defaults."""
+
+    TRAIN_DEFAULTS: ClassVar[dict] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_train_defaults(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            data = {**data, "train": {**cls.TRAIN_DEFAULTS, **data["train"]}}
+        return data
+
+
+class FinetuneConfig(StageConfig):
+    TRAIN_DEFAULTS: ClassVar[dict] = dict(epochs=4, optimizer="adamw", lr=2e-3, weight_decay=0.01)
+    enabled: bool = True
+    freeze_epochs: int = Field(1, ge=0, description="epochs with only the new head trained")
+    backbone_lr_factor: float = Field(0.1, gt=0, le=1)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(**FinetuneConfig.TRAIN_DEFAULTS))
+
+
+class TrimConfig(Section):
+    enabled: bool = False
+    keep_per_stage: int | list[int] = 1
+    strategy: Literal["first", "spread"] = "first"
+
+
+class DistillConfig(StageConfig):
+    TRAIN_DEFAULTS: ClassVar[dict] = dict(epochs=6, optimizer="adamw", lr=2e-3, weight_decay=0.01)
+    enabled: bool = True
+    student: str | None = Field(None, description="architecture of a fresh student; None: the (trimmed) teacher")
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    baseline: bool = Field(True, description="also train the same student without KD, to report the KD gain")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(**DistillConfig.TRAIN_DEFAULTS))
+
+
+class PruneConfig(StageConfig):
+    TRAIN_DEFAULTS: ClassVar[dict] = dict(epochs=2, optimizer="adamw", lr=1e-3, weight_decay=0.01)
+    enabled: bool = True
+    method: Literal["structured", "unstructured", "both"] = "structured"
+    ratio: float = Field(0.5, gt=0, lt=1, description="per-layer channel ratio (structured) or weight ratio")
+    importance: Literal["l1", "l2", "taylor", "bn-scale"] = "l2"
+    iterative_steps: int = Field(3, ge=1)
+    round_to: int | None = Field(8, ge=1)
+    global_pruning: bool = False
+    kd: bool = Field(True, description="fine-tune between steps with KD from the teacher (else plain CE)")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PruneConfig.TRAIN_DEFAULTS))
+
+
+class EvaluateConfig(Section):
+    threads: int = Field(1, ge=1)
+    latency_repeats: int = Field(30, ge=5)
+    throughput_batch: int = Field(64, ge=1)
+
+
+class RegisterConfig(Section):
+    enabled: bool = True
+    model_name: str = Field("shrinkflow-model", pattern=r"^[\w.\-]+$")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher, as a fraction (0.01 = 1 point)")
+    objective: Literal["params", "macs", "latency"] = "params"
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project")
+    experiment: str = "shrinkflow"
+
+
+# `register` is a stage name; pydantic warns that it hides the metaclass's ABC `register` method.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class PipelineConfig(Section):
+    name: str = "pipeline"
+    seed: int = Field(0, ge=0)
+    source: str = Field(..., description="torchvision:<arch>[:<weights>] | scratch:<arch> | models:/<name>@<alias> | models:/<name>/<version> | file:<path>")
+    output_dir: str = "outputs"
+    data: DataConfig = DataConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    trim: TrimConfig = TrimConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value):
+        if not SOURCE_PATTERN.match(value):
+            raise ValueError(f"unknown source {value!r}; use torchvision:<arch>[:<weights>], scratch:<arch>, "
+                             "models:/<name>@<alias>, models:/<name>/<version> or file:<path>")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed(self):
+        # The pipeline seed is the only seed: every stage's training uses it.
+        for stage in (self.finetune, self.distill, self.prune):
+            stage.train.seed = self.seed
+        return self
+
+    def stage_dict(self, *names: str) -> dict:
+        return {name: json.loads(getattr(self, name).model_dump_json()) for name in names}
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def resolve(self, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        p = Path(path)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: dict | None) -> dict:
+    """Set dotted keys ("prune.ratio": 0.6) in a nested dict; unknown sections fail in validation."""
+    for key, value in (overrides or {}).items():
+        if isinstance(value, str):
+            value = _parse_value(value)
+        node = raw
+        *path, leaf = key.split(".")
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def parse_set_options(items: list[str]) -> dict:
+    """--set key=value pairs as an overrides dict."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        message = "unknown key"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {field}: {message}{more}"
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read a YAML config (relative paths are relative to the project root), apply overrides, validate."""
+    resolved = Path(path)
+    if not resolved.is_absolute() and not resolved.exists():
+        resolved = PROJECT_ROOT / resolved
+    if not resolved.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(resolved.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides), str(path))
+
+
+def config_from_dict(raw: dict, origin: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None

@@ -1,0 +1,41 @@
+"""distill: KD from the teacher into the student, plus the same student trained without KD (same init,
+seed and epochs) so that every run reports what distillation gained."""
+
+from __future__ import annotations
+
+import copy
+
+from compression.distillation import distillation_loss
+from compression.models import build_model
+from compression.training import seed_everything
+from tasks.config import PipelineConfig
+from tasks.data import get_bundle
+from tasks.stage import stage_task
+from tasks.training import fit_logged, load, log_curves, save_candidate
+
+
+@stage_task("distill", sections=("distill",))
+def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, student: dict | None = None) -> dict:
+    bundle = get_bundle(cfg, data)
+    settings = cfg.distill
+    teacher_model = load(teacher)
+    seed_everything(cfg.seed)
+    if settings.student:
+        init = build_model(settings.student, len(bundle.classes), bundle.in_channels, bundle.input_size)
+    else:
+        init = load(student or teacher)
+    kd_student = copy.deepcopy(init)
+    kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill",
+                    loss_fn=distillation_loss(teacher_model, settings.temperature, settings.alpha))
+    histories = {"KD student": kd.history}
+    result = {"kd": save_candidate(run, kd_student, workdir, "student_kd", bundle, val_acc=kd.best_val_acc)}
+    if settings.baseline:
+        plain_student = copy.deepcopy(init)
+        plain = fit_logged(run, plain_student, bundle, settings.train, workdir / "checkpoints-baseline",
+                           "distill-baseline", prefix="baseline.")
+        histories["student without KD"] = plain.history
+        result["baseline"] = save_candidate(run, plain_student, workdir, "student_plain", bundle,
+                                            val_acc=plain.best_val_acc)
+        run.log_metrics({"kd_gain_val_acc": kd.best_val_acc - plain.best_val_acc})
+    log_curves(run, histories, "distillation")
+    return result

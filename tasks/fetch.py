@@ -1,0 +1,107 @@
+"""fetch_pretrained: turn a source string into a shrinkflow model file.
+
+Sources: torchvision:<arch>[:<weights>] (torch cache or download), scratch:<arch> (random init),
+models:/<name>@<alias> and models:/<name>/<version> (MLflow registry), file:<path> (a shrinkflow file).
+Transient failures are retried; bad sources fail at once with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from prefect import task
+from mlflow.tracking import MlflowClient
+
+from compression import CompressionError
+from compression.checkpoint import file_sha256, read_model_file, save_model
+from compression.models import build_model
+from compression.training import seed_everything
+from tasks.config import PipelineConfig
+from tasks.stage import model_ref, output_root, retry_transient
+from tasks.tracking import RunContext, stage_run
+
+SHA_TAG = "shrinkflow.checkpoint_sha256"
+
+
+def registry_version(client: MlflowClient, uri: str):
+    """The ModelVersion a models:/ URI names, with a clear error when the model, alias or version is missing."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([\w\-]+)|/(\d+))", uri)
+    if not match:
+        raise CompressionError(f"bad registry source {uri!r}; use models:/<name>@<alias> or models:/<name>/<version>")
+    name, alias, version = match.groups()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise CompressionError(f"registered model {name!r} not found in the MLflow registry") from None
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
+    except MlflowException:
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise CompressionError(f"registered model {name!r} has no {what}") from None
+
+
+def _from_registry(ctx: RunContext, source: str, target: Path) -> dict:
+    import mlflow.artifacts
+
+    client = ctx.client()
+    version = registry_version(client, source)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp, tracking_uri=ctx.tracking_uri))
+        files = sorted(local.rglob("*.pt"))
+        if not files:
+            raise CompressionError(f"{source} holds no shrinkflow model file")
+        expected = version.tags.get(SHA_TAG)
+        read_model_file(files[0], expected_sha256=expected)  # safe load (weights_only) + integrity check
+        shutil.copyfile(files[0], target)
+    return {"registry_name": version.name, "registry_version": version.version}
+
+
+def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
+    kind, _, rest = source.partition(":")
+    arch, _, weights = rest.partition(":")
+    seed_everything(cfg.seed)
+    if kind == "scratch":
+        model = build_model(arch, len(data["classes"]), data["in_channels"], data["input_size"])
+    else:
+        try:
+            model = build_model(arch, 1000, 3, data["input_size"], weights=weights or "DEFAULT")
+        except (OSError, RuntimeError, ConnectionError) as exc:
+            raise ConnectionError(f"cannot fetch {source}: weights are neither in the torch cache "
+                                  f"($TORCH_HOME/hub/checkpoints) nor downloadable ({type(exc).__name__})") from exc
+    save_model(model, target, meta={"source": source})
+    return {}
+
+
+@task(name="fetch_pretrained", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
+      cache_policy=None)
+def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict) -> dict:
+    """Not cached: a registry alias can move. Downstream caches key on the fetched file's sha256 instead."""
+    source = cfg.source
+    key = hashlib.sha256(f"{source}|{cfg.seed}|{data['in_channels']}|{data['input_size']}".encode()).hexdigest()[:20]
+    workdir = output_root(cfg) / "fetch" / key
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / "model.pt"
+    with stage_run(ctx, "fetch_pretrained") as run:
+        run.log_params({"source": source})
+        if source.startswith("models:/"):
+            extra = _from_registry(ctx, source, target)
+        elif source.startswith("file:"):
+            path = cfg.resolve(source.removeprefix("file:"))
+            read_model_file(path)
+            shutil.copyfile(path, target)
+            extra = {}
+        else:
+            extra = _build(cfg, data, source, target)
+        sha = file_sha256(target)
+        spec = read_model_file(target)["spec"]
+        run.set_tags({"source": source, SHA_TAG: sha, **{f"registry.{k}": v for k, v in extra.items()}})
+        run.log_dict(spec, "spec.json")
+        return model_ref("pretrained", target, sha, run.run_id, source=source, arch=spec["arch"], **extra)

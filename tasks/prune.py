@@ -1,0 +1,59 @@
+"""prune: structured channel pruning in steps with (KD) fine-tuning between them, and/or unstructured
+magnitude pruning (reported as sparsity: it does not make dense inference faster)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from compression.distillation import distillation_loss
+from compression.pruning import prune_structured, prune_unstructured
+from compression.training import seed_everything
+from tasks.config import PipelineConfig
+from tasks.data import get_bundle
+from tasks.stage import stage_task
+from tasks.training import fit_logged, load, log_curves, save_candidate
+
+
+@stage_task("prune", sections=("prune", "distill"))
+def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, teacher: dict) -> dict:
+    bundle = get_bundle(cfg, data)
+    settings = cfg.prune
+    model = load(student)
+    seed_everything(cfg.seed)
+    channels = model.shrinkflow_spec["in_channels"]
+    example = torch.zeros(1, channels, bundle.input_size, bundle.input_size)
+    loss_fn = None
+    if settings.kd:
+        loss_fn = distillation_loss(load(teacher), cfg.distill.temperature, cfg.distill.alpha)
+    result = {}
+
+    if settings.method in ("structured", "both"):
+        structured = copy.deepcopy(model)
+        histories = {}
+
+        def recover(step: int, pruned) -> None:
+            pruned_params = sum(p.numel() for p in pruned.parameters())
+            run.log_metrics({"params": pruned_params}, step=step + 1)
+            if settings.train.epochs:
+                fit_result = fit_logged(run, pruned, bundle, settings.train, workdir / f"checkpoints-step{step + 1}",
+                                        f"prune step {step + 1}/{settings.iterative_steps}", prefix=f"step{step + 1}.",
+                                        loss_fn=loss_fn)
+                histories[f"after step {step + 1}"] = fit_result.history
+
+        gradient_batches = None
+        if settings.importance == "taylor":
+            gradient_batches = list(bundle.batches("train", 64, train=True, seed=cfg.seed, channels=channels))[:4]
+        report = prune_structured(structured, example, settings.ratio, settings.importance, settings.iterative_steps,
+                                  settings.round_to, settings.global_pruning, gradient_batches, after_step=recover)
+        run.log_metrics(report)
+        log_curves(run, histories, "recovery after pruning")
+        result["structured"] = save_candidate(run, structured, workdir, "pruned", bundle)
+
+    if settings.method in ("unstructured", "both"):
+        sparse = copy.deepcopy(model)
+        report = prune_unstructured(sparse, settings.ratio)
+        run.log_metrics(report, prefix="unstructured.")
+        result["unstructured"] = save_candidate(run, sparse, workdir, "sparse", bundle)
+    return result

@@ -1,0 +1,77 @@
+"""report: the comparison table and Pareto plots, on the pipeline run and as Prefect artifacts."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from prefect.artifacts import create_link_artifact, create_table_artifact
+
+from tasks import plots
+from tasks.config import PipelineConfig
+from tasks.stage import stage_task
+from tasks.tracking import RunContext, StageRun
+
+COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
+           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup"]
+
+
+def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFrame:
+    """One row per candidate with ratios against the reference (x = how many times smaller/faster)."""
+    df = pd.DataFrame(rows)
+    ref = df[df.candidate == reference].iloc[0] if (df.candidate == reference).any() else df.iloc[0]
+    df["accuracy_drop"] = ref["accuracy"] - df["accuracy"]
+    df["params_x"] = ref["params"] / df["params"]
+    df["macs_x"] = ref["macs"] / df["macs"]
+    df["speedup"] = df["throughput_ips"] / ref["throughput_ips"]
+    return df[[c for c in COLUMNS if c in df.columns]]
+
+
+def kd_gain(rows: list[dict]) -> float | None:
+    acc = {r["candidate"]: r["accuracy"] for r in rows}
+    if "student_kd" in acc and "student_plain" in acc:
+        return acc["student_kd"] - acc["student_plain"]
+    return None
+
+
+def markdown(df: pd.DataFrame) -> str:
+    shown = df.copy()
+    for col in ("accuracy", "accuracy_drop"):
+        shown[col] = shown[col].map(lambda v: f"{v:.4f}")
+    for col in ("params_x", "macs_x", "speedup"):
+        shown[col] = shown[col].map(lambda v: f"{v:.1f}x")
+    for col in ("latency_p50_ms", "latency_p95_ms", "throughput_ips"):
+        shown[col] = shown[col].map(lambda v: f"{v:.1f}")
+    shown["macs"] = shown["macs"].map(lambda v: f"{v / 1e6:.1f}M")
+    return shown.to_markdown(index=False)
+
+
+@stage_task("report", cache=False)
+def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: list[dict]) -> dict:
+    """Logged to the report's own run and to the pipeline run, where the MLflow UI shows it first."""
+    df = comparison_table(rows)
+    text = markdown(df)
+    summary = {f"{r['candidate']}.accuracy": r["accuracy"] for r in rows}
+    gain = kd_gain(rows)
+    if gain is not None:
+        summary["kd_gain"] = gain
+    parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
+    for target in (run, parent):
+        target.log_text(df.to_csv(index=False), "comparison.csv")
+        target.log_text(text + "\n", "comparison.md")
+        for x, label in (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)")):
+            fig = plots.pareto(df.to_dict("records"), x, label)
+            target.log_figure(fig, f"pareto_{x}.png")
+            plots.close(fig)
+        target.log_metrics(summary)
+    create_table_artifact(key=f"{cfg.name}-comparison".lower().replace("_", "-"),
+                          table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                                 for r in df.to_dict("records")],
+                          description=f"shrinkflow candidates of {cfg.name}")
+    create_link_artifact(key=f"{cfg.name}-mlflow-run".lower().replace("_", "-"),
+                         link=mlflow_run_link(ctx), description="the pipeline's MLflow run")
+    return {"table": df.to_dict("records"), "markdown": text, "kd_gain": gain}
+
+
+def mlflow_run_link(ctx: RunContext) -> str:
+    base = ctx.tracking_uri if ctx.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}"

@@ -1,0 +1,36 @@
+"""The registered model: an MLflow pyfunc around a shrinkflow model file.
+
+The file holds tensors and an architecture spec and loads with torch.load(weights_only=True), so a
+registered model never needs unpickling of arbitrary modules. Input: float32 images [N, C, H, W] scaled to
+[0, 1] (the model normalises them itself); output: the predicted class index per image.
+"""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+
+from compression.checkpoint import load_model, read_model_file
+
+
+class ShrinkflowClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        path = context.artifacts["checkpoint"]
+        meta = read_model_file(path)["meta"]
+        self.model = load_model(path)
+        self.classes = meta.get("classes", [])
+        self.mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        if self.mean.shape[1] != x.shape[1]:
+            mean, std = self.mean.mean(), self.std.mean()
+        else:
+            mean, std = self.mean, self.std
+        with torch.no_grad():
+            return self.model((x - mean) / std)
+
+    def predict(self, context, model_input, params=None):
+        return self.logits(model_input).argmax(1).numpy()

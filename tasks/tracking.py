@@ -1,0 +1,186 @@
+"""MLflow tracking by explicit run id.
+
+MLflow's active run is thread-local and Prefect may run tasks in other threads, so nothing here relies on
+it: runs are created and ended with MlflowClient, and every task receives a `RunContext` naming the parent.
+Runs that raise end FAILED, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "torchvision", "torch-pruning", "prefect", "mlflow", "pandas", "numpy", "pydantic")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a task logs: the tracking URI, the experiment and the pipeline's parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri)
+
+
+def redact(uri: str) -> str:
+    """The URI without a password (user:secret@host -> user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def get_experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:"):
+        # Client-side stores put artifacts under ./mlruns of whatever the cwd is; pin it beside the database.
+        db_path = Path(tracking_uri.removeprefix("sqlite:///").removeprefix("file://"))
+        artifact_location = (db_path.parent / "mlruns").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(prefix: str, value) -> dict[str, str]:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
+
+
+def git_state() -> dict[str, str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"git_commit": "unknown", "git_dirty": "unknown"}
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"git_commit": head.stdout.strip(), "git_dirty": str(dirty).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def prefect_context() -> dict[str, str]:
+    from prefect.runtime import deployment, flow_run
+
+    return {"prefect_flow_run_id": str(flow_run.id or ""), "prefect_deployment": str(deployment.name or "")}
+
+
+class StageRun:
+    """A child run of the pipeline run; the handle a task logs through."""
+
+    def __init__(self, client: MlflowClient, run_id: str, stage: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.stage = stage
+
+    def log_params(self, params: dict) -> None:
+        flat = [Param(k, v[:6000]) for k, v in flatten("", params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(self.run_id, params=flat[i:i + 100])
+
+    def log_metrics(self, metrics: dict, step: int = 0, prefix: str = "") -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+
+    def epoch_logger(self, prefix: str = ""):
+        """`on_epoch_end` callback: one log_batch per epoch, with the epoch as step."""
+
+        def on_epoch_end(row: dict) -> None:
+            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], prefix=prefix)
+
+        return on_epoch_end
+
+    def set_tags(self, tags: dict) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_figure(self, figure, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            self.log_artifact(path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
+
+
+@contextmanager
+def _terminating(client: MlflowClient, run_id: str):
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+@contextmanager
+def stage_run(ctx: RunContext, stage: str):
+    """A FINISHED child run if the block completes, FAILED if it raises (the exception propagates)."""
+    client = ctx.client()
+    run = client.create_run(ctx.experiment_id, run_name=stage,
+                            tags={"mlflow.parentRunId": ctx.parent_run_id, "shrinkflow.stage": stage})
+    with _terminating(client, run.info.run_id):
+        yield StageRun(client, run.info.run_id, stage)
+
+
+@contextmanager
+def pipeline_run(tracking_uri: str, experiment: str, run_name: str, config: dict, tags: dict):
+    """The parent run of one pipeline execution, carrying its config, environment and provenance."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_experiment_id(client, experiment, tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"shrinkflow.kind": "pipeline", **tags})
+    ctx = RunContext(tracking_uri, experiment_id, run.info.run_id)
+    with _terminating(client, run.info.run_id):
+        handle = StageRun(client, run.info.run_id, "pipeline")
+        handle.log_params(config)
+        handle.log_dict(config, "config.yaml")
+        versions = package_versions()
+        handle.set_tags({f"version.{k}": v for k, v in versions.items()})
+        handle.log_dict(versions, "environment.json")
+        yield ctx, handle
