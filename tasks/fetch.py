@@ -21,7 +21,7 @@ from compression import CompressionError
 from compression.checkpoint import file_sha256, read_model_file, save_model
 from compression.models import build_model
 from compression.training import seed_everything
-from tasks.config import PipelineConfig
+from tasks.config import SOURCE_PATTERN, PipelineConfig
 from tasks.stage import model_ref, output_root, retry_transient
 from tasks.tracking import RunContext, stage_run
 
@@ -82,9 +82,14 @@ def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
 
 @task(name="fetch_pretrained", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
       cache_policy=None)
-def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict) -> dict:
-    """Not cached: a registry alias can move. Downstream caches key on the fetched file's sha256 instead."""
-    source = cfg.source
+def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict, source: str | None = None) -> dict:
+    """The model named by `source` (default: the config's) as a shrinkflow file in the output directory.
+
+    Not cached: a registry alias can move. Downstream caches key on the fetched file's sha256 instead.
+    """
+    source = source or cfg.source
+    if not SOURCE_PATTERN.match(source):
+        raise CompressionError(f"unknown model source {source!r}")
     key = hashlib.sha256(f"{source}|{cfg.seed}|{data['in_channels']}|{data['input_size']}".encode()).hexdigest()[:20]
     workdir = output_root(cfg) / "fetch" / key
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +107,6 @@ def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict) -> dict:
             extra = _build(cfg, data, source, target)
         sha = file_sha256(target)
         spec = read_model_file(target)["spec"]
-        run.set_tags({"source": source, SHA_TAG: sha, **{f"registry.{k}": v for k, v in extra.items()}})
+        run.set_tags({"source": source, SHA_TAG: sha, "shrinkflow.workdir": str(workdir), **{f"registry.{k}": v for k, v in extra.items()}})
         run.log_dict(spec, "spec.json")
         return model_ref("pretrained", target, sha, run.run_id, source=source, arch=spec["arch"], **extra)

@@ -33,8 +33,8 @@ def _digests(value):
     """The content identity of a task input: sha256 of model refs (recursively), the value otherwise."""
     if isinstance(value, dict) and "sha256" in value:
         return value["sha256"]
-    if isinstance(value, dict):
-        return {k: _digests(v) for k, v in sorted(value.items())}
+    if isinstance(value, dict):  # run ids name where a result was logged, not what it is
+        return {k: _digests(v) for k, v in sorted(value.items()) if k not in ("run_id", "stage")}
     if isinstance(value, (list, tuple)):
         return [_digests(v) for v in value]
     return value

@@ -51,6 +51,18 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (instead of MLflow's minutes of retries) when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        raise ConnectionError(f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__})") from None
+
+
 def get_experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

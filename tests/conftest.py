@@ -31,3 +31,12 @@ def fmnist():
 def _torch_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def prefect():
+    """One Prefect test server for the whole session (it takes 10-20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

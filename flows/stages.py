@@ -1,0 +1,62 @@
+"""Each stage as a flow of its own, on models named by sources (file:..., models:/..., torchvision:...).
+
+Every one loads the config's data, fetches its input models, runs the one stage, then evaluates and
+reports the models it made beside the ones it was given. Nothing is registered.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.pipeline import tracked_pipeline
+from tasks.config import load_config
+from tasks.data import load_data
+from tasks.distill import distill
+from tasks.finetune import finetune
+from tasks.prune import prune
+from tasks.trim import trim
+
+
+@flow(name="finetune")
+def finetune_flow(config: str, overrides: dict | None = None, base: str | None = None) -> dict:
+    """Fine-tune `base` (default: the config's source) on the config's data."""
+    cfg = load_config(config, overrides)
+    with tracked_pipeline(cfg, "finetune") as run:
+        data = run(load_data)
+        teacher = run(finetune, data=data, base=run.fetch(data, base))
+        return run.finish(data, {"teacher": teacher}, register_best=False)
+
+
+@flow(name="trim")
+def trim_flow(config: str, teacher: str, overrides: dict | None = None) -> dict:
+    cfg = load_config(config, overrides)
+    with tracked_pipeline(cfg, "trim") as run:
+        data = run(load_data)
+        ref = run.fetch(data, teacher)
+        return run.finish(data, {"teacher": ref, "trimmed": run(trim, data=data, teacher=ref)}, register_best=False)
+
+
+@flow(name="distill")
+def distill_flow(config: str, teacher: str, student: str | None = None, overrides: dict | None = None) -> dict:
+    """Distil `teacher` into `student` (a source), or into the config's distill.student architecture."""
+    cfg = load_config(config, overrides)
+    with tracked_pipeline(cfg, "distill") as run:
+        data = run(load_data)
+        teacher_ref = run.fetch(data, teacher)
+        student_ref = run.fetch(data, student) if student else None
+        out = run(distill, data=data, teacher=teacher_ref, student=student_ref)
+        return run.finish(data, {"teacher": teacher_ref, "student_kd": out["kd"],
+                                 "student_plain": out.get("baseline")}, register_best=False)
+
+
+@flow(name="prune")
+def prune_flow(config: str, student: str, teacher: str | None = None, overrides: dict | None = None) -> dict:
+    """Prune `student`; with `teacher`, recovery fine-tuning distils from it (prune.kd)."""
+    cfg = load_config(config, overrides)
+    with tracked_pipeline(cfg, "prune") as run:
+        data = run(load_data)
+        student_ref = run.fetch(data, student)
+        teacher_ref = run.fetch(data, teacher) if teacher else student_ref
+        out = run(prune, data=data, student=student_ref, teacher=teacher_ref)
+        return run.finish(data, {"teacher": student_ref, "pruned": out.get("structured"),
+                                 "sparse": out.get("unstructured")}, register_best=False)

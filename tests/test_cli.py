@@ -1,0 +1,30 @@
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shrinkflow(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_bad_input_is_one_line_and_exit_2():
+    cases = [
+        (["run", "configs/nowhere.yaml"], "config file configs/nowhere.yaml not found"),
+        (["run", "configs/smoke.yaml", "--set", "prune.ratio=1.5"], "prune.ratio: Input should be less than 1"),
+        (["run", "configs/smoke.yaml", "--set", "distill.temperature=0"], "distill.temperature"),
+        (["run", "configs/smoke.yaml", "--set", "noequals"], "expected key=value"),
+    ]
+    for args, message in cases:
+        proc = shrinkflow(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path):
+    proc = shrinkflow("compare", "--tracking-uri", "http://127.0.0.1:9/")
+    assert proc.returncode == 2
+    assert "MLflow tracking server http://127.0.0.1:9/ is unreachable" in proc.stderr

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.config import ConfigError, config_from_dict, load_config, parse_set_options
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_shipped_configs_validate(path):
+    cfg = load_config(f"configs/{path}")
+    assert cfg.source and cfg.finetune.train.seed == cfg.seed == cfg.distill.train.seed
+
+
+def test_overrides_and_stage_train_defaults():
+    cfg = load_config("configs/smoke.yaml", {"prune.ratio": "0.6", "distill.train.epochs": 3, "seed": 7})
+    assert cfg.prune.ratio == 0.6 and cfg.distill.train.epochs == 3 and cfg.prune.train.seed == 7
+    # a partial train mapping keeps the stage's own defaults for the rest
+    assert cfg.distill.train.optimizer == "adamw" and cfg.distill.train.batch_size == 32
+    assert parse_set_options(["prune.ratio=0.6", "data.classes=[1, 2]"]) == {"prune.ratio": "0.6", "data.classes": "[1, 2]"}
+    assert load_config("configs/smoke.yaml", {"data.classes": "[1, 2]"}).data.classes == [1, 2]
+
+
+def test_config_hash_changes_with_any_setting():
+    a = load_config("configs/smoke.yaml")
+    assert a.config_hash() == load_config("configs/smoke.yaml").config_hash()
+    assert a.config_hash() != load_config("configs/smoke.yaml", {"prune.ratio": 0.4}).config_hash()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"prune.ratio": 1.5}, "prune.ratio: Input should be less than 1"),
+    ({"distill.temperature": 0}, "distill.temperature: Input should be greater than 0"),
+    ({"distill.alpha": 1.2}, "distill.alpha: Input should be less than or equal to 1"),
+    ({"finetune.train.epochs": -1}, "finetune.train: invalid training setting epochs=-1"),
+    ({"data.classes": "[]"}, "data.classes: class subset is empty"),
+    ({"prune.ratoi": 0.5}, "prune.ratoi: unknown key"),
+    ({"source": "hub:resnet18"}, "source: unknown source 'hub:resnet18'"),
+    ({"data.name": "mnist"}, "data.name: Input should be"),
+])
+def test_bad_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/smoke.yaml", overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: scratch:resnet18\nprune: {ratio: 0.5\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line \d+"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
+        load_config("nowhere.yaml")
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_source_is_required():
+    with pytest.raises(ConfigError, match="source: Field required"):
+        config_from_dict({})

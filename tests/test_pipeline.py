@@ -1,0 +1,202 @@
+"""End-to-end runs of the real flows: Prefect's test harness (one per session), MLflow on temporary sqlite."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from compression.data import load_dataset
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "evaluate", "report", "register"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return {"tracking.uri": f"sqlite:///{root / 'mlflow.db'}", "output_dir": str(root / "outputs")}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect, store):
+    from flows.compress import compress
+
+    return compress("configs/smoke.yaml", dict(store))
+
+
+def _children(client, run):
+    runs = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    return {r.data.tags["shrinkflow.stage"]: r for r in runs}
+
+
+def test_run_tree_params_metrics_artifacts(first_run, store):
+    client = MlflowClient(store["tracking.uri"])
+    parent = client.get_run(first_run["run_id"])
+    assert parent.info.status == "FINISHED"
+    children = _children(client, parent)
+    assert sorted(children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    # provenance on the parent
+    tags, params = parent.data.tags, parent.data.params
+    for key in ("git_commit", "git_dirty", "shrinkflow.config_hash", "version.torch", "version.mlflow",
+                "prefect_flow_run_id", "seed"):
+        assert tags.get(key), key
+    assert params["prune.ratio"] == "0.5" and params["data.classes"] == "[5, 7, 9]"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "environment.json", "comparison.csv", "comparison.md", "pareto_macs.png",
+            "pareto_latency_p50_ms.png"} <= artifacts
+    assert "kd_gain" in parent.data.metrics and "student_kd.accuracy" in parent.data.metrics
+    # per-epoch metrics with the epoch as step
+    finetune = children["finetune"]
+    history = client.get_metric_history(finetune.info.run_id, "train_loss")
+    assert [m.step for m in history] == [1]
+    assert {"val_acc", "lr", "epoch_time", "images_per_s"} <= set(finetune.data.metrics)
+    assert "training_curves.png" in {a.path for a in client.list_artifacts(finetune.info.run_id)}
+    distill = children["distill"].data.metrics
+    assert {"val_acc", "baseline.val_acc", "kd_gain_val_acc"} <= set(distill)
+    prune_steps = client.get_metric_history(children["prune"].info.run_id, "params")
+    assert [m.step for m in prune_steps] == [1, 2] and prune_steps[0].value > prune_steps[1].value
+    evaluate = children["evaluate"]
+    for name in ("teacher", "student_kd", "student_plain", "pruned"):
+        for metric in ("accuracy", "params", "macs", "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips"):
+            assert f"{name}.{metric}" in evaluate.data.metrics
+    assert "confusion/pruned.png" in {a.path for a in client.list_artifacts(evaluate.info.run_id, "confusion")}
+    # datasets with digests
+    inputs = children["load_data"].inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["fashion-mnist-test", "fashion-mnist-train", "fashion-mnist-val"]
+    assert all(len(i.dataset.digest) == 16 for i in inputs)
+
+
+def test_registered_model_reproduces_its_accuracy(first_run, store):
+    import mlflow.pyfunc
+
+    registered = first_run["registered"]
+    assert registered["alias"] == "champion"  # smoke budget: any accuracy drop is accepted
+    client = MlflowClient(store["tracking.uri"])
+    version = client.get_model_version_by_alias("smoke-model", "champion")
+    assert version.tags["parent_run_id"] == first_run["run_id"]
+    assert version.tags["dataset_digest_test"] and version.tags["source"] == "scratch:resnet18"
+    mlflow.set_tracking_uri(store["tracking.uri"])
+    model = mlflow.pyfunc.load_model("models:/smoke-model@champion")
+    bundle = load_dataset(classes=[5, 7, 9], train_per_class=40, val_per_class=20, test_per_class=40, seed=0,
+                          download=False)
+    images = (bundle.test.images.float() / 255).numpy()
+    accuracy = float((model.predict(images) == bundle.test.labels.numpy()).mean())
+    row = next(r for r in first_run["table"] if r["candidate"] == registered["candidate"])
+    assert accuracy == pytest.approx(row["accuracy"], abs=1e-6)
+    assert isinstance(model.predict(images[:3]), np.ndarray)
+
+
+def test_prefect_artifacts(first_run, prefect):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["smoke-comparison", "smoke-mlflow-run"])))
+    assert {a.key for a in found} == {"smoke-comparison", "smoke-mlflow-run"}
+    assert any(first_run["run_id"] in str(a.data) for a in found if a.type == "markdown" or a.key == "smoke-mlflow-run")
+
+
+def test_cache_skips_completed_stages_and_reruns_only_what_changed(first_run, store):
+    from flows.compress import compress
+
+    again = compress("configs/smoke.yaml", dict(store))
+    assert again["cached"] == ["finetune", "trim", "distill", "prune", "evaluate"]
+    assert again["registered"]["version"] == first_run["registered"]["version"]  # same model, no new version
+    assert again["table"] == first_run["table"]
+    changed = compress("configs/smoke.yaml", {**store, "prune.ratio": 0.6})
+    assert changed["cached"] == ["finetune", "trim", "distill"]
+    assert {"prune", "evaluate", "report", "register"} <= set(changed["executed"])
+    params = {r["candidate"]: r["params"] for r in changed["table"]}
+    assert params["pruned"] < {r["candidate"]: r["params"] for r in first_run["table"]}["pruned"]
+
+
+def test_failing_stage_marks_child_and_parent_failed_and_registers_nothing(prefect, store):
+    from flows.compress import compress
+
+    overrides = {**store, "source": "scratch:mobilenet_v3_small", "register.model_name": "never-registered",
+                 "name": "failing"}
+    with pytest.raises(Exception, match="trimming supports ResNet-family models only"):
+        compress("configs/smoke.yaml", overrides)
+    client = MlflowClient(store["tracking.uri"])
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.search_runs([experiment.experiment_id], "tags.`mlflow.runName` = 'failing-compress'")[0]
+    assert parent.info.status == "FAILED"
+    children = _children(client, parent)
+    assert children["trim"].info.status == "FAILED"
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in children.values())
+    assert "register" not in children
+    assert not client.search_registered_models("name='never-registered'")
+
+
+def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path):
+    from flows.cli import main
+
+    out = tmp_path / "runs.csv"
+    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--csv", str(out)]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert first_run["run_id"] in set(table.run_id)
+    assert {"teacher.accuracy", "pruned.accuracy", "kd_gain", "config_hash"} <= set(table.columns)
+
+
+def test_imagenet_config_offline_with_weights_in_the_torch_cache(prefect, store, tmp_path, monkeypatch):
+    """configs/imagenet-resnet18.yaml on a small image folder, torchvision weights read from $TORCH_HOME."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    torch_home = tmp_path / "torch"
+    checkpoints = torch_home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), checkpoints / weights.url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["circles", "squares", "stripes"]):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(14):
+            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+            pixels[:, :, c] += 150
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    from flows.compress import compress
+
+    result = compress("configs/imagenet-resnet18.yaml", {
+        **store, "data.data_dir": str(tmp_path / "images"), "data.image_size": 32, "data.val_per_class": 2,
+        "finetune.freeze_epochs": 1, "finetune.train.epochs": 2, "distill.train.epochs": 1,
+        "prune.train.epochs": 1, "prune.iterative_steps": 1, "evaluate.latency_repeats": 5,
+        "evaluate.throughput_batch": 4, "register.max_accuracy_drop": 1.0})
+    assert [r["candidate"] for r in result["table"]] == ["teacher", "student_kd", "student_plain", "pruned"]
+    client = MlflowClient(store["tracking.uri"])
+    fetch = client.get_run(client.get_run(result["run_id"]).data.tags["stage.fetch_pretrained.run_id"])
+    assert fetch.data.tags["source"] == "torchvision:resnet18:IMAGENET1K_V1"
+    # the fetched file holds the weights from the torch cache (3-channel data: stem unchanged too)
+    from compression.checkpoint import read_model_file
+
+    state = read_model_file(fetch.data.tags["shrinkflow.workdir"] + "/model.pt")["state_dict"]
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "fc.weight"):
+        assert torch.equal(state[key], reference.state_dict()[key])
+
+
+@pytest.mark.parametrize("source, message", [
+    ("file:/nonexistent/model.pt", "model file /nonexistent/model.pt does not exist"),
+    ("models:/no-such-model@champion", "registered model 'no-such-model' not found"),
+    ("torchvision:resnet81", "unknown architecture 'resnet81'"),
+])
+def test_unknown_or_unreachable_sources(prefect, store, source, message):
+    from flows.compress import compress
+
+    with pytest.raises(Exception, match=message):
+        compress("configs/smoke.yaml", {**store, "source": source, "name": "bad-source"})
+
+
+def test_registry_alias_missing(first_run, store):
+    from flows.compress import compress
+
+    with pytest.raises(Exception, match="registered model 'smoke-model' has no alias 'gold'"):
+        compress("configs/smoke.yaml", {**store, "source": "models:/smoke-model@gold", "name": "bad-alias"})
