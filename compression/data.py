@@ -66,7 +66,14 @@ class Split:
         return h.hexdigest()
 
     def class_counts(self) -> list[int]:
-        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        return torch.bincount(self.labels[self.labels >= 0], minlength=len(self.classes)).tolist()
+
+    def without_labels(self) -> Split:
+        """The same images with every label set to -1 (unknown): a transfer set for distillation."""
+        return Split(self.images, torch.full_like(self.labels, -1), self.classes)
+
+    def concat(self, other: Split) -> Split:
+        return Split(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), self.classes)
 
 
 @dataclass
@@ -80,6 +87,8 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    # Training images beyond the label budget, labels hidden (-1); only distillation uses them.
+    unlabeled: Split | None = None
     digests: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,8 +109,14 @@ class DataBundle:
         return Batches(getattr(self, split), batch_size, self.mean, self.std, shuffle=train,
                        augment=augment and train, seed=seed, drop_last=train, channels=channels)
 
+    @property
+    def transfer(self) -> Split:
+        """What a KD student learns from: the labelled training set plus the unlabeled images."""
+        return self.train.concat(self.unlabeled) if self.unlabeled is not None else self.train
+
     def compute_digests(self) -> dict[str, str]:
-        self.digests = {name: getattr(self, name).digest() for name in ("train", "val", "test")}
+        names = ("train", "val", "test") + (("unlabeled",) if self.unlabeled is not None else ())
+        self.digests = {name: getattr(self, name).digest() for name in names}
         return self.digests
 
 
@@ -269,11 +284,16 @@ def _per_class_order(split: Split, seed: int) -> list[torch.Tensor]:
     return [order[labels == c] for c in range(len(split.classes))]
 
 
-def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
-    """At most `per_class` samples of each class, chosen with a seeded shuffle, kept in their original order."""
-    if per_class is None:
+def cap_per_class(split: Split, per_class: int | None, seed: int, skip: int = 0) -> Split:
+    """At most `per_class` samples of each class, chosen with a seeded shuffle, kept in their original order.
+
+    `skip` passes over the first samples of each class in that order: with the same seed,
+    cap_per_class(s, n) and cap_per_class(s, m, skip=n) never share a sample.
+    """
+    if per_class is None and not skip:
         return split
-    keep = torch.cat([idx[:per_class] for idx in _per_class_order(split, seed)])
+    end = None if per_class is None else skip + per_class
+    keep = torch.cat([idx[skip:end] for idx in _per_class_order(split, seed)])
     return split.subset(keep.sort().values)
 
 
@@ -293,6 +313,7 @@ def load_dataset(
     data_dir: str | None = None,
     classes: list[int] | None = None,
     train_per_class: int | None = None,
+    unlabeled_per_class: int = 0,
     val_per_class: int = 100,
     test_per_class: int | None = None,
     image_size: int = 64,
@@ -302,7 +323,8 @@ def load_dataset(
     """Load a dataset and cut it into train/val/test for one task.
 
     Validation samples come out of the official training split (stratified, seeded) before the
-    training set is capped to `train_per_class` (the label budget); test is the official test split.
+    training set is capped to `train_per_class` (the label budget); up to `unlabeled_per_class` further
+    training images per class become the unlabeled transfer set. Test is the official test split.
     """
     if name == "fashion-mnist":
         train, test, source = load_fashion_mnist(data_dir, download)
@@ -325,9 +347,15 @@ def load_dataset(
     if classes is not None:
         train, test = select_classes(train, classes), select_classes(test, classes)
     train, val = split_per_class(train, val_per_class, seed)
+    unlabeled = None
+    if unlabeled_per_class:
+        if train_per_class is None:
+            raise CompressionError("unlabeled_per_class needs a label budget (train_per_class)")
+        unlabeled = cap_per_class(train, unlabeled_per_class, seed, skip=train_per_class).without_labels()
     bundle = DataBundle(
         name=name,
         train=cap_per_class(train, train_per_class, seed),
+        unlabeled=unlabeled,
         val=val,
         test=cap_per_class(test, test_per_class, seed),
         mean=norm[0],

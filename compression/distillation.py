@@ -22,12 +22,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y), KL averaged over the batch.
 
     The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones when T changes.
+    Samples labelled -1 (the unlabeled transfer set) contribute the soft term only.
     """
     check_kd_settings(temperature, alpha)
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(student_logits, targets)
+    labeled = targets >= 0
+    hard = F.cross_entropy(student_logits[labeled], targets[labeled]) if labeled.any() else student_logits.sum() * 0
     return alpha * temperature ** 2 * soft + (1 - alpha) * hard
 
 

@@ -225,7 +225,7 @@ def fit(
         if on_epoch_start:
             on_epoch_start(epoch, model)
         epoch_start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
         for x, y in train:
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, enabled=use_amp):
@@ -241,8 +241,9 @@ def fit(
                 loss.backward()
                 optimizer.step()
             loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(1) == y).sum().item()  # unlabeled samples (y = -1) never match
             seen += len(y)
+            labeled += (y >= 0).sum().item()
             done_batches += 1
             now = time.perf_counter()
             if now - last_report >= cfg.progress_seconds:
@@ -254,7 +255,7 @@ def fit(
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
+            "train_acc": correct / max(labeled, 1),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time": train_time,
             "images_per_s": seen / max(train_time, 1e-9),

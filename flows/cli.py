@@ -114,6 +114,8 @@ def cmd_reproduce(args) -> int:
     path = mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="config.yaml", tracking_uri=uri)
     raw = yaml.safe_load(Path(path).read_text())
     raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
+    # A fresh output directory: every stage really runs again instead of coming from the cache.
+    raw["output_dir"] = str(Path(args.output_dir or PROJECT_ROOT / "outputs" / "reproduce" / args.run_id).resolve())
     config_from_dict(raw, f"config of run {args.run_id}")
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="re-run a pipeline run from its logged config and compare metrics")
     rep.add_argument("run_id")
     rep.add_argument("--tracking-uri")
+    rep.add_argument("--output-dir", help="where the re-run writes (default outputs/reproduce/<run-id>)")
     rep.set_defaults(func=cmd_reproduce)
     cmp_ = sub.add_parser("compare", help="table of the pipeline runs of an experiment")
     cmp_.add_argument("--experiment", default="shrinkflow")

@@ -49,6 +49,7 @@ class StageRunner:
     def fetch(self, data: dict, source: str | None = None) -> dict:
         ref = fetch_pretrained(self.cfg, self.ctx, data, source)
         self.executed.append("fetch_pretrained")
+        self.parent.set_tags({"stage.fetch_pretrained.run_id": ref["run_id"]})
         return ref
 
     def finish(self, data: dict, candidates: dict, register_best: bool) -> dict:

@@ -33,6 +33,7 @@ class DataConfig(Section):
     data_dir: str | None = None
     classes: list[int] | None = None
     train_per_class: int | None = Field(None, ge=1, description="label budget; None uses every training image")
+    unlabeled_per_class: int = Field(0, ge=0, description="further training images, labels hidden, for KD only")
     val_per_class: int = Field(100, ge=1)
     test_per_class: int | None = Field(None, ge=1)
     image_size: int = Field(64, ge=8, description="image-folder only: images are resized to this")

@@ -32,7 +32,7 @@ def get_bundle(cfg: PipelineConfig, expected: dict | None = None) -> DataBundle:
 def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
     bundle = get_bundle(cfg)
     inputs = []
-    for split in ("train", "val", "test"):
+    for split in bundle.digests:
         part = getattr(bundle, split)
         dataset = mlflow.data.from_numpy(
             part.images.numpy(), targets=part.labels.numpy(), source=bundle.source,
@@ -41,7 +41,8 @@ def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
         run.log_metrics({f"{split}_samples": len(part)})
     run.client.log_inputs(run.run_id, inputs)
     run.log_dict({"classes": bundle.classes, "digests": bundle.digests, "source": bundle.source,
-                  "counts": {s: getattr(bundle, s).class_counts() for s in ("train", "val", "test")}}, "data.json")
+                  "counts": {s: getattr(bundle, s).class_counts() for s in ("train", "val", "test")},
+                  "unlabeled": len(bundle.unlabeled) if bundle.unlabeled is not None else 0}, "data.json")
     return {"classes": bundle.classes, "digests": bundle.digests, "in_channels": bundle.in_channels,
             "input_size": bundle.input_size, "mean": list(bundle.mean), "std": list(bundle.std)}
 

@@ -1,5 +1,6 @@
 """distill: KD from the teacher into the student, plus the same student trained without KD (same init,
-seed and epochs) so that every run reports what distillation gained."""
+seed and epochs) so that every run reports what distillation gained. The KD student also learns from the
+unlabeled transfer set (data.unlabeled_per_class), which only a teacher can label."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, s
     else:
         init = load(student or teacher)
     kd_student = copy.deepcopy(init)
-    kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill",
+    kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill", split="transfer",
                     loss_fn=distillation_loss(teacher_model, settings.temperature, settings.alpha))
     histories = {"KD student": kd.history}
     result = {"kd": save_candidate(run, kd_student, workdir, "student_kd", bundle, val_acc=kd.best_val_acc)}

@@ -39,7 +39,7 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
             if settings.train.epochs:
                 fit_result = fit_logged(run, pruned, bundle, settings.train, workdir / f"checkpoints-step{step + 1}",
                                         f"prune step {step + 1}/{settings.iterative_steps}", prefix=f"step{step + 1}.",
-                                        loss_fn=loss_fn)
+                                        loss_fn=loss_fn, split="transfer" if loss_fn else "train")
                 histories[f"after step {step + 1}"] = fit_result.history
 
         gradient_batches = None

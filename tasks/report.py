@@ -12,7 +12,7 @@ from tasks.stage import stage_task
 from tasks.tracking import RunContext, StageRun
 
 COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
-           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup"]
+           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "sha256", "path"]
 
 
 def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFrame:
@@ -34,7 +34,7 @@ def kd_gain(rows: list[dict]) -> float | None:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    shown = df.copy()
+    shown = df.drop(columns=["sha256", "path"], errors="ignore")
     for col in ("accuracy", "accuracy_drop"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("params_x", "macs_x", "speedup"):

@@ -14,10 +14,12 @@ from tasks.stage import ModelRef, StageRun, model_ref
 
 
 def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, checkpoint_dir: Path,
-               name: str, prefix: str = "", **fit_kwargs) -> TrainResult:
-    """training.fit with per-epoch metrics in the stage's run (keys `prefix` + metric, step = epoch)."""
+               name: str, prefix: str = "", split: str = "train", **fit_kwargs) -> TrainResult:
+    """training.fit with per-epoch metrics in the stage's run (keys `prefix` + metric, step = epoch).
+
+    split "transfer" adds the unlabeled images (for distillation losses only)."""
     channels = model.shrinkflow_spec["in_channels"]
-    train = bundle.batches("train", train_cfg.batch_size, train=True, augment=train_cfg.augment,
+    train = bundle.batches(split, train_cfg.batch_size, train=True, augment=train_cfg.augment,
                            seed=train_cfg.seed, channels=channels)
     val = bundle.batches("val", 256, channels=channels)
     result = fit(model, train, val, train_cfg, on_epoch_end=run.epoch_logger(prefix), checkpoint_dir=checkpoint_dir,

@@ -127,3 +127,14 @@ def test_cifar10_from_local_batches(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(CompressionError, match="unknown dataset 'mnist3d'"):
         D.load_dataset("mnist3d")
+
+
+def test_unlabeled_transfer_set_is_disjoint_and_hides_labels():
+    bundle = D.load_dataset(classes=[5, 9], train_per_class=30, unlabeled_per_class=50, val_per_class=10,
+                            test_per_class=10, seed=2)
+    assert len(bundle.unlabeled) == 100 and (bundle.unlabeled.labels == -1).all()
+    labelled = {bytes(img.numpy()) for img in bundle.train.images} | {bytes(img.numpy()) for img in bundle.val.images}
+    assert not any(bytes(img.numpy()) in labelled for img in bundle.unlabeled.images)
+    assert len(bundle.transfer) == 160 and "unlabeled" in bundle.digests
+    with pytest.raises(CompressionError, match="needs a label budget"):
+        D.load_dataset(classes=[5, 9], unlabeled_per_class=5)

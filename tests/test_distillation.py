@@ -47,3 +47,14 @@ def test_teacher_gets_no_gradients():
     loss.backward()
     assert teacher.weight.grad is None and student.weight.grad is not None and logits.shape == (5, 3)
     assert not teacher.training
+
+
+def test_unlabeled_samples_get_only_the_soft_term():
+    s, t = torch.randn(6, 4), torch.randn(6, 4)
+    y = torch.tensor([0, 1, -1, -1, 2, -1])
+    T, alpha = 3.0, 0.6
+    soft_only = kd_loss(s, t, y, T, 1.0)
+    expected = alpha * soft_only + (1 - alpha) * torch.nn.functional.cross_entropy(s[y >= 0], y[y >= 0])
+    assert kd_loss(s, t, y, T, alpha).item() == pytest.approx(expected.item(), rel=1e-6)
+    all_unlabeled = torch.full((6,), -1)
+    assert kd_loss(s, t, all_unlabeled, T, alpha).item() == pytest.approx(alpha * soft_only.item(), rel=1e-6)

@@ -1,0 +1,3 @@
+-- One database each for Prefect and MLflow.
+CREATE DATABASE prefect;
+CREATE DATABASE mlflow;
