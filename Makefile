@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-fast data clean
+.PHONY: demo test test-fast data clean server server-stop worker deploy serve
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,27 @@ test: $(STAMP) data
 
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow"
+
+# The service stack on 127.0.0.1 (SQLite; PostgreSQL with DATABASE_URL=postgresql://user:pass@host:port).
+server: $(STAMP)
+	deployments/stack.sh start
+
+server-stop:
+	deployments/stack.sh stop
+
+# A process worker in the foreground, for the pool the deployments use.
+worker: $(STAMP)
+	eval "$$(deployments/stack.sh env)" && \
+	  ($(BIN)/prefect work-pool inspect shrinkflow-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create shrinkflow-process --type process) && \
+	  $(BIN)/prefect worker start --pool shrinkflow-process
+
+deploy: $(STAMP)
+	eval "$$(deployments/stack.sh env)" && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect --no-prompt deploy \
+	  --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand --name pretrain/on-demand
+
+# Every deployment served from one process, no work pool (development).
+serve: $(STAMP)
+	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
 clean:
 	rm -rf outputs mlflow.db mlruns .prefect .pytest_cache

@@ -89,7 +89,6 @@ def test_registered_model_reproduces_its_accuracy(first_run, store):
 
 
 def test_prefect_artifacts(first_run, prefect):
-    # Over the REST API: prefect 3.8.8's client sends null paging fields that its server (fastapi 0.154) rejects.
     import httpx
     from prefect.settings import PREFECT_API_URL
 
