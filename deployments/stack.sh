@@ -19,7 +19,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 wait_for() {  # url, name, seconds
   for _ in $(seq "$3"); do
-    if curl -fsS -o /dev/null "$1"; then return 0; fi
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$(cat "$STACK_DIR/$2.pid")" 2>/dev/null; then
+      echo "stack: $2 exited; last lines of $STACK_DIR/$2.log:" >&2
+      tail -5 "$STACK_DIR/$2.log" >&2
+      return 1
+    fi
     sleep 1
   done
   echo "stack: $2 did not answer at $1 within $3 s; see $STACK_DIR/$2.log" >&2
@@ -37,7 +42,7 @@ case "${1:-}" in
     if [ -n "${DATABASE_URL:-}" ]; then
       base="${DATABASE_URL%/}"
       export PREFECT_API_DATABASE_CONNECTION_URL="${base/postgresql:/postgresql+asyncpg:}/prefect"
-      backend="$base/mlflow"
+      backend="${base/postgresql:/postgresql+psycopg2:}/mlflow"
     else
       backend="sqlite:///$STACK_DIR/mlflow.db"
     fi

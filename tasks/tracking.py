@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -161,6 +161,35 @@ class StageRun:
             self.log_artifact(path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
 
+def _process_tags() -> dict[str, str]:
+    return {"shrinkflow.host": socket.gethostname(), "shrinkflow.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End FAILED the RUNNING runs that a process on this host left behind when it was killed (SIGKILL
+    leaves MLflow runs RUNNING forever); returns their ids."""
+    host = socket.gethostname()
+    orphans = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get("shrinkflow.pid")
+        if tags.get("shrinkflow.host") == host and pid and pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "shrinkflow.orphaned", "true")
+            client.set_terminated(run.info.run_id, "FAILED")
+            orphans.append(run.info.run_id)
+    return orphans
+
+
 @contextmanager
 def _terminating(client: MlflowClient, run_id: str):
     try:
@@ -175,8 +204,8 @@ def _terminating(client: MlflowClient, run_id: str):
 def stage_run(ctx: RunContext, stage: str):
     """A FINISHED child run if the block completes, FAILED if it raises (the exception propagates)."""
     client = ctx.client()
-    run = client.create_run(ctx.experiment_id, run_name=stage,
-                            tags={"mlflow.parentRunId": ctx.parent_run_id, "shrinkflow.stage": stage})
+    run = client.create_run(ctx.experiment_id, run_name=stage, tags={
+        "mlflow.parentRunId": ctx.parent_run_id, "shrinkflow.stage": stage, **_process_tags()})
     with _terminating(client, run.info.run_id):
         yield StageRun(client, run.info.run_id, stage)
 
@@ -186,10 +215,14 @@ def pipeline_run(tracking_uri: str, experiment: str, run_name: str, config: dict
     """The parent run of one pipeline execution, carrying its config, environment and provenance."""
     client = MlflowClient(tracking_uri)
     experiment_id = get_experiment_id(client, experiment, tracking_uri)
-    run = client.create_run(experiment_id, run_name=run_name, tags={"shrinkflow.kind": "pipeline", **tags})
+    orphans = fail_orphaned_runs(client, experiment_id)
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"shrinkflow.kind": "pipeline", **tags, **_process_tags()})
     ctx = RunContext(tracking_uri, experiment_id, run.info.run_id)
     with _terminating(client, run.info.run_id):
         handle = StageRun(client, run.info.run_id, "pipeline")
+        if orphans:
+            handle.set_tags({"shrinkflow.orphans_failed": ",".join(orphans)})
         handle.log_params(config)
         handle.log_dict(config, "config.yaml")
         versions = package_versions()

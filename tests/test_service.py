@@ -3,9 +3,11 @@ deployments of deployments/prefect.yaml, `prefect deployment run --param`, and t
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -24,21 +26,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _as_postgres(command: str, **kwargs):
+    return subprocess.run(["su", "postgres", "-c", command], check=True, capture_output=True, text=True, **kwargs)
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    state = tmp_path_factory.mktemp("stack")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on loopback with databases prefect and mlflow (Debian's postgresql)."""
+    if not (PG_BIN / "initdb").exists() or os.geteuid() != 0 or shutil.which("su") is None:
+        pytest.skip("needs Debian's postgresql package and root (CI installs it)")
+    data = Path(tempfile.mkdtemp(prefix="shrinkflow-pg-", dir="/tmp"))
+    data.chmod(0o755)
+    shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+    _as_postgres(f"{PG_BIN}/initdb -D {data}/db -A trust -U postgres", timeout=120)
+    _as_postgres(f"{PG_BIN}/pg_ctl -D {data}/db -l {data}/log -w -o '-p {port} -k {data} "
+                 f"-c listen_addresses=127.0.0.1' start", timeout=120)
+    try:
+        for db in ("prefect", "mlflow"):
+            _as_postgres(f"psql -h 127.0.0.1 -p {port} -U postgres -c 'CREATE DATABASE {db}'", timeout=60)
+        yield f"postgresql://postgres:unused@127.0.0.1:{port}"
+    finally:
+        _as_postgres(f"{PG_BIN}/pg_ctl -D {data}/db -m fast stop", timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory):
+    state = tmp_path_factory.mktemp(f"stack-{request.param}")
     env = {**os.environ, "STACK_DIR": str(state), "PREFECT_PORT": str(_free_port()),
            "MLFLOW_PORT": str(_free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DATABASE_URL"):
         env.pop(key, None)
+    if request.param == "postgresql":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
     try:
-        subprocess.run([str(STACK), "start"], env=env, check=True, timeout=180, capture_output=True, text=True)
+        started = subprocess.run([str(STACK), "start"], env=env, timeout=180, capture_output=True, text=True)
+        assert started.returncode == 0, started.stdout + started.stderr
         exports = subprocess.run([str(STACK), "env"], env=env, check=True, capture_output=True, text=True).stdout
         for line in exports.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")
             env[key] = value
         env["PREFECT_HOME"] = str(state / "prefect-home")
-        yield {"env": env, "state": state}
+        yield {"env": env, "state": state, "backend": request.param}
     finally:
         subprocess.run([str(STACK), "stop"], env=env, timeout=60)
 
@@ -128,3 +161,26 @@ def test_prefect_yaml_deployments():
     for (flow_name, _), d in by_name.items():
         path, fn = d["entrypoint"].split(":")
         assert (PROJECT_ROOT / path).is_file() and f"def {fn}(" in (PROJECT_ROOT / path).read_text()
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_runs_in_headless_chromium(stack, tmp_path):
+    """Runs after the deployment test on the same stack: the UI lists the pipeline's runs."""
+    chromium = shutil.which("chromium")
+    if stack["backend"] != "sqlite":
+        pytest.skip("the UI is checked once, on the SQLite stack")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (CI installs it)")
+    url = stack["env"]["MLFLOW_TRACKING_URI"]
+    experiment = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
+                           params={"experiment_name": "service"}).raise_for_status().json()["experiment"]
+    page = f"{url}/#/experiments/{experiment['experiment_id']}/runs"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert "smoke-compress" in dom
+    shot = PROJECT_ROOT / "outputs" / "test-artifacts" / "mlflow-ui.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
