@@ -100,11 +100,11 @@ def cmd_reproduce(args) -> int:
     import yaml
 
     from tasks.config import config_from_dict
-    from tasks.tracking import check_tracking, default_tracking_uri
+    from tasks.tracking import check_tracking, default_tracking_uri, make_client
 
     uri = args.tracking_uri or default_tracking_uri()
     check_tracking(uri)
-    client = mlflow.MlflowClient(uri)
+    client = make_client(uri)
     try:
         original = client.get_run(args.run_id)
     except mlflow.exceptions.MlflowException:

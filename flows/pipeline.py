@@ -19,7 +19,7 @@ from tasks.finetune import finetune
 from tasks.prune import prune
 from tasks.register import register
 from tasks.report import report
-from tasks.stage import with_cache
+from tasks.stage import ensure_writable, output_root, with_cache
 from tasks.tracking import (RunContext, StageRun, check_tracking, default_tracking_uri, git_state, pipeline_run,
                             prefect_context, redact)
 from tasks.trim import trim
@@ -70,6 +70,7 @@ def tracked_pipeline(cfg: PipelineConfig, flow_name: str):
     """The parent MLflow run (FAILED if anything inside raises) and a runner for the stages under it."""
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
+    ensure_writable(output_root(cfg))
     tags = {"shrinkflow.flow": flow_name, "shrinkflow.config_hash": cfg.config_hash(), "seed": str(cfg.seed),
             "source": cfg.source, "tracking_uri": redact(tracking_uri), **git_state(), **prefect_context()}
     config = cfg.model_dump(mode="json")

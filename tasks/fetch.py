@@ -107,6 +107,9 @@ def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict, source: s
             extra = _build(cfg, data, source, target)
         sha = file_sha256(target)
         spec = read_model_file(target)["spec"]
+        if not cfg.finetune.enabled and spec["num_classes"] != len(data["classes"]):
+            raise CompressionError(f"{source} has {spec['num_classes']} classes, the data has "
+                                   f"{len(data['classes'])}; enable finetune to transfer it")
         run.set_tags({"source": source, SHA_TAG: sha, "shrinkflow.workdir": str(workdir), **{f"registry.{k}": v for k, v in extra.items()}})
         run.log_dict(spec, "spec.json")
         return model_ref("pretrained", target, sha, run.run_id, source=source, arch=spec["arch"], **extra)

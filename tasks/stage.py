@@ -55,6 +55,17 @@ def output_root(cfg: PipelineConfig) -> Path:
     return cfg.resolve(cfg.output_dir)
 
 
+def ensure_writable(directory: Path) -> None:
+    """Fail before any work when outputs cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CompressionError(f"output directory {directory} is not writable ({exc.strerror or type(exc).__name__})") from None
+
+
 def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, **task_options):
     """Make `fn(cfg, ctx, run, workdir, **inputs)` a Prefect task `(cfg, ctx, **inputs)` with its own child run.
 

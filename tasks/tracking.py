@@ -35,7 +35,7 @@ class RunContext:
     parent_run_id: str
 
     def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+        return make_client(self.tracking_uri)
 
 
 def redact(uri: str) -> str:
@@ -63,16 +63,48 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__})") from None
 
 
+@contextmanager
+def _store_lock(tracking_uri: str):
+    """Serialise first use of a sqlite store across processes: MLflow migrates a new database on first
+    contact, and several pipelines doing that at once corrupt the migration."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def make_client(tracking_uri: str) -> MlflowClient:
+    """An MlflowClient; its constructor (and the registry store's first use) migrates a new database."""
+    with _store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        client.search_registered_models(max_results=1)
+    return client
+
+
 def get_experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    with _store_lock(tracking_uri):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
     artifact_location = None
     if tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:"):
         # Client-side stores put artifacts under ./mlruns of whatever the cwd is; pin it beside the database.
         db_path = Path(tracking_uri.removeprefix("sqlite:///").removeprefix("file://"))
         artifact_location = (db_path.parent / "mlruns").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    with _store_lock(tracking_uri):
+        experiment = client.get_experiment_by_name(name)  # another process may have made it meanwhile
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def flatten(prefix: str, value) -> dict[str, str]:
@@ -213,7 +245,7 @@ def stage_run(ctx: RunContext, stage: str):
 @contextmanager
 def pipeline_run(tracking_uri: str, experiment: str, run_name: str, config: dict, tags: dict):
     """The parent run of one pipeline execution, carrying its config, environment and provenance."""
-    client = MlflowClient(tracking_uri)
+    client = make_client(tracking_uri)
     experiment_id = get_experiment_id(client, experiment, tracking_uri)
     orphans = fail_orphaned_runs(client, experiment_id)
     run = client.create_run(experiment_id, run_name=run_name,

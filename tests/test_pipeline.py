@@ -227,3 +227,134 @@ def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "identical" in out and "stages run: load_data, fetch_pretrained, finetune, trim, distill, prune" in out
+
+
+def _bad_inputs(tmp_path):
+    """(name, --set overrides or a config path, expected message) for the bad-input catalogue."""
+    import torch
+
+    from compression.checkpoint import save_model
+    from compression.models import build_model
+
+    five = tmp_path / "five-classes.pt"
+    save_model(build_model("resnet18", 5, 1, 28), five)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(five.read_bytes()[:100_000])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("source: scratch:resnet18\nprune: {ratio: 0.5\n")
+    one_class = tmp_path / "one-class" / "cats"
+    one_class.mkdir(parents=True)
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(one_class / f"{i}.png")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    del torch
+    return [
+        ("unknown architecture", ["source=scratch:resnet81"], "unknown architecture 'resnet81'"),
+        ("unknown source", ["source=hub:resnet18"], "source: unknown source 'hub:resnet18'"),
+        ("registry model missing", ["source=models:/no-such-model@champion"], "registered model 'no-such-model' not found"),
+        ("registry alias missing", ["source=models:/smoke-model@gold"], "has no alias 'gold'"),
+        ("truncated checkpoint", [f"source=file:{truncated}"], "cannot read model file"),
+        ("checkpoint for other classes", [f"source=file:{five}", "finetune.enabled=false"], "has 5 classes, the data has 3"),
+        ("yaml syntax error", bad_yaml, "YAML syntax error at line"),
+        ("unknown key", ["prune.ratoi=0.5"], "prune.ratoi: unknown key"),
+        ("negative epochs", ["finetune.train.epochs=-1"], "invalid training setting epochs=-1"),
+        ("prune ratio 1.5", ["prune.ratio=1.5"], "prune.ratio: Input should be less than 1"),
+        ("temperature 0", ["distill.temperature=0"], "distill.temperature: Input should be greater than 0"),
+        ("alpha outside [0, 1]", ["distill.alpha=1.5"], "distill.alpha"),
+        ("empty class subset", ["data.classes=[]"], "class subset is empty"),
+        ("class out of range", ["data.classes=[3, 12]"], "class subset [12] out of range 0..9"),
+        ("missing dataset directory", ["data.data_dir=/nonexistent/fmnist"], "data directory /nonexistent/fmnist does not exist"),
+        ("image folder with one class", ["data.name=image-folder", f"data.data_dir={one_class.parent}"], "1 class folder"),
+        ("unreachable tracking server", ["tracking.uri=http://127.0.0.1:9"], "is unreachable"),
+        ("output directory not writable", [f"output_dir={a_file}/outputs"], "is not writable"),
+    ]
+
+
+def test_bad_input_catalogue(first_run, store, tmp_path, capsys):
+    """Each case: exit 2, one line naming the problem, no MLflow run left RUNNING, nothing new registered."""
+    from flows.cli import main
+
+    client = MlflowClient(store["tracking.uri"])
+    registered_before = {(m.name, v.version) for m in client.search_registered_models()
+                         for v in client.search_model_versions(f"name='{m.name}'")}
+    base = [f"{k}={v}" for k, v in store.items()] + ["name=bad-input"]
+    for name, case, message in _bad_inputs(tmp_path):
+        if isinstance(case, list):
+            args = ["run", "configs/smoke.yaml"] + [x for item in base + case for x in ("--set", item)]
+        else:
+            args = ["run", str(case)]
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, err)
+        # progress lines may come first; the error is one line, the last
+        errors = [line for line in err if line.startswith("shrinkflow:")]
+        assert errors == [err[-1]] and errors[0].startswith("shrinkflow: error:") and message in errors[0], (name, err)
+    experiment = client.get_experiment_by_name("smoke")
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    registered_after = {(m.name, v.version) for m in client.search_registered_models()
+                        for v in client.search_model_versions(f"name='{m.name}'")}
+    assert registered_after == registered_before
+
+
+def test_transient_fetch_failure_is_retried(prefect, store, tmp_path, monkeypatch):
+    """torchvision weights missing at the first attempt (no network here), present at the retry."""
+    import shutil
+    import threading
+
+    import torch
+    import torchvision
+
+    from flows.compress import compress
+
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    staged = tmp_path / "staged.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), staged)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    client = MlflowClient(store["tracking.uri"])
+    stop = threading.Event()
+
+    def restore_after_first_failure():
+        experiment = None
+        while not stop.is_set():
+            experiment = experiment or client.get_experiment_by_name("retry")
+            if experiment and client.search_runs([experiment.experiment_id],
+                                                 "tags.`shrinkflow.stage` = 'fetch_pretrained' and attributes.status = 'FAILED'"):
+                cache.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(staged, cache / weights.url.rsplit("/", 1)[1])
+                return
+            stop.wait(0.05)
+
+    helper = threading.Thread(target=restore_after_first_failure)
+    helper.start()
+    try:
+        result = compress("configs/smoke.yaml", {**store, "source": "torchvision:resnet18:IMAGENET1K_V1",
+                                                 "tracking.experiment": "retry", "name": "retry",
+                                                 "trim.enabled": False, "distill.enabled": False,
+                                                 "prune.enabled": False, "register.enabled": False})
+    finally:
+        stop.set()
+        helper.join()
+    fetches = client.search_runs([client.get_experiment_by_name("retry").experiment_id],
+                                 "tags.`shrinkflow.stage` = 'fetch_pretrained'")
+    assert sorted(r.info.status for r in fetches) == ["FAILED", "FINISHED"]
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def test_same_seed_identical_models_other_seed_different(first_run, store, tmp_path):
+    """Recomputed from scratch (fresh output directory): same seed -> byte-identical model files."""
+    from flows.compress import compress
+
+    same = compress("configs/smoke.yaml", {**store, "output_dir": str(tmp_path / "same"), "name": "same-seed",
+                                           "register.enabled": False})
+    other = compress("configs/smoke.yaml", {**store, "output_dir": str(tmp_path / "other"), "name": "other-seed",
+                                            "seed": 1, "register.enabled": False})
+    assert "finetune" in same["executed"] and "finetune" in other["executed"]
+
+    def digests(result):
+        return {r["candidate"]: (r["sha256"], r["accuracy"]) for r in result["table"]}
+
+    assert digests(same) == digests(first_run)
+    assert all(digests(other)[name][0] != sha for name, (sha, _) in digests(first_run).items())
