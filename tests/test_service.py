@@ -184,3 +184,61 @@ def test_mlflow_ui_shows_the_runs_in_headless_chromium(stack, tmp_path):
     shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_credentials_never_reach_params_tags_or_artifacts(stack, tmp_path, monkeypatch):
+    if stack["backend"] != "sqlite":
+        pytest.skip("checked once, on the SQLite stack")
+    from mlflow.tracking import MlflowClient
+
+    from flows.cli import main
+
+    secret, s3_secret = "fake-pw-8c1f", "fake-s3-secret-77aa"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_secret)
+    url = stack["env"]["MLFLOW_TRACKING_URI"]
+    with_password = url.replace("http://", f"http://alice:{secret}@")
+    code = main(["run", "configs/smoke.yaml", "--set", f"tracking.uri={with_password}",
+                 "--set", f"output_dir={tmp_path / 'outputs'}", "--set", "tracking.experiment=secrets",
+                 "--set", "name=secrets", "--set", "register.model_name=secrets-model"])
+    assert code == 0
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("secrets")
+    seen = []
+    for run in client.search_runs([experiment.experiment_id]):
+        seen += list(run.data.params.values()) + list(run.data.tags.values())
+        for artifact in client.list_artifacts(run.info.run_id):
+            if artifact.path.endswith((".yaml", ".json", ".md", ".csv")):
+                seen.append(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
+    for version in client.search_model_versions("name='secrets-model'"):
+        seen += list(version.tags.values())
+    text = "\n".join(seen)
+    assert "alice:***@" in text and secret not in text and s3_secret not in text
+
+
+@pytest.mark.slow
+def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
+    if stack["backend"] != "sqlite":
+        pytest.skip("checked once, on the SQLite stack")
+    from mlflow.tracking import MlflowClient
+
+    url = stack["env"]["MLFLOW_TRACKING_URI"]
+    procs = []
+    for seed in range(4):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{seed}")}
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml", "--set", f"seed={seed}",
+               "--set", f"tracking.uri={url}", "--set", f"output_dir={tmp_path / 'outputs'}",
+               "--set", "tracking.experiment=concurrent-server", "--set", f"name=seed{seed}",
+               "--set", "register.model_name=concurrent-server-model"]
+        procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    client = MlflowClient(url)
+    runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
+    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 40
+    assert all({"teacher.accuracy", "pruned.accuracy", "kd_gain"} <= set(r.data.metrics) for r in parents)
