@@ -272,30 +272,47 @@ def _bad_inputs(tmp_path):
     ]
 
 
-def test_bad_input_catalogue(first_run, store, tmp_path, capsys):
-    """Each case: exit 2, one line naming the problem, no MLflow run left RUNNING, nothing new registered."""
+CATALOGUE = ["unknown architecture", "unknown source", "registry model missing", "registry alias missing",
+             "truncated checkpoint", "checkpoint for other classes", "yaml syntax error", "unknown key",
+             "negative epochs", "prune ratio 1.5", "temperature 0", "alpha outside [0, 1]", "empty class subset",
+             "class out of range", "missing dataset directory", "image folder with one class",
+             "unreachable tracking server", "output directory not writable"]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    cases = {name: (case, message) for name, case, message in _bad_inputs(tmp_path_factory.mktemp("bad"))}
+    assert sorted(cases) == sorted(CATALOGUE)
+    return cases
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_bad_input_catalogue(name, bad_inputs, first_run, store, capsys):
+    """Exit 2, one line naming the problem, no MLflow run left RUNNING, nothing new registered."""
     from flows.cli import main
 
     client = MlflowClient(store["tracking.uri"])
-    registered_before = {(m.name, v.version) for m in client.search_registered_models()
-                         for v in client.search_model_versions(f"name='{m.name}'")}
+
+    def versions():
+        return {(m.name, v.version) for m in client.search_registered_models()
+                for v in client.search_model_versions(f"name='{m.name}'")}
+
+    registered_before = versions()
+    case, message = bad_inputs[name]
     base = [f"{k}={v}" for k, v in store.items()] + ["name=bad-input"]
-    for name, case, message in _bad_inputs(tmp_path):
-        if isinstance(case, list):
-            args = ["run", "configs/smoke.yaml"] + [x for item in base + case for x in ("--set", item)]
-        else:
-            args = ["run", str(case)]
-        code = main(args)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2, (name, err)
-        # progress lines may come first; the error is one line, the last
-        errors = [line for line in err if line.startswith("shrinkflow:")]
-        assert errors == [err[-1]] and errors[0].startswith("shrinkflow: error:") and message in errors[0], (name, err)
+    if isinstance(case, list):
+        args = ["run", "configs/smoke.yaml"] + [x for item in base + case for x in ("--set", item)]
+    else:
+        args = ["run", str(case)]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    # progress lines may come first; the error is one line, the last
+    errors = [line for line in err if line.startswith("shrinkflow:")]
+    assert errors == [err[-1]] and errors[0].startswith("shrinkflow: error:") and message in errors[0], err
     experiment = client.get_experiment_by_name("smoke")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
-    registered_after = {(m.name, v.version) for m in client.search_registered_models()
-                        for v in client.search_model_versions(f"name='{m.name}'")}
-    assert registered_after == registered_before
+    assert versions() == registered_before
 
 
 def test_transient_fetch_failure_is_retried(prefect, store, tmp_path, monkeypatch):

@@ -242,3 +242,15 @@ def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
     assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
     assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 40
     assert all({"teacher.accuracy", "pruned.accuracy", "kd_gain"} <= set(r.data.metrics) for r in parents)
+
+
+def test_serve_entry_point_builds_every_deployment():
+    sys.path.insert(0, str(PROJECT_ROOT / "deployments"))
+    try:
+        import serve
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "deployments"))
+    built = {(d.flow_name, d.name): d for d in serve.deployments()}
+    assert set(built) == {("compress", "nightly"), ("compress", "on-demand"), ("pretrain", "on-demand")}
+    assert built[("compress", "nightly")].schedules[0].schedule.cron == "0 2 * * *"
+    assert built[("compress", "on-demand")].parameters["config"] == "configs/quickstart.yaml"
