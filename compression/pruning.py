@@ -11,6 +11,7 @@ from torch.nn.utils import prune as torch_prune
 import torch_pruning as tp
 
 from compression import CompressionError
+from compression.measure import count_nonzero_params
 from compression.models import head
 
 
@@ -20,8 +21,7 @@ def _check_ratio(ratio: float) -> None:
 
 
 def sparsity_report(model: nn.Module) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    total, nonzero = count_nonzero_params(model)
     return {"params": total, "nonzero_params": nonzero, "sparsity": 1 - nonzero / total}
 
 

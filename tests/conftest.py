@@ -40,3 +40,25 @@ def prefect():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def run_concurrent_pipelines(tmp_path: Path, tracking_uri: str, experiment: str, count: int = 4) -> None:
+    """`count` smoke pipelines at once through the CLI (seeds 0..count-1), each with its own Prefect home;
+    fails with the stderr of any that did not exit 0."""
+    import subprocess
+    import sys
+
+    procs = []
+    for seed in range(count):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{seed}")}
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml", "--set", f"seed={seed}",
+               "--set", f"tracking.uri={tracking_uri}", "--set", f"output_dir={tmp_path / 'outputs'}",
+               "--set", f"tracking.experiment={experiment}", "--set", f"name=seed{seed}",
+               "--set", f"register.model_name={experiment}-model"]
+        procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        assert "database is locked" not in err

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, run_concurrent_pipelines
 
 BIN = Path(sys.executable).parent
 STACK = PROJECT_ROOT / "deployments" / "stack.sh"
@@ -223,19 +223,7 @@ def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
     from mlflow.tracking import MlflowClient
 
     url = stack["env"]["MLFLOW_TRACKING_URI"]
-    procs = []
-    for seed in range(4):
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{seed}")}
-        env.pop("PREFECT_API_URL", None)
-        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml", "--set", f"seed={seed}",
-               "--set", f"tracking.uri={url}", "--set", f"output_dir={tmp_path / 'outputs'}",
-               "--set", "tracking.experiment=concurrent-server", "--set", f"name=seed{seed}",
-               "--set", "register.model_name=concurrent-server-model"]
-        procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    run_concurrent_pipelines(tmp_path, url, "concurrent-server")
     client = MlflowClient(url)
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
