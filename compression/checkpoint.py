@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from compression import CompressionError
-from compression.models import build_model
+from compression.models import build_model, layer_sizes
+from compression.quantization import is_quantized, set_engine, skeleton
 from compression.trimming import apply_trim
 
 FORMAT = "shrinkflow-model/1"
-_SHAPE_ATTRS = {
-    nn.Conv2d: ("in_channels", "out_channels", "groups"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.modules.batchnorm._BatchNorm: ("num_features",),
-    nn.LayerNorm: ("normalized_shape",),
-    nn.GroupNorm: ("num_groups", "num_channels"),
-}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -36,13 +32,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _layer_sizes(model: nn.Module) -> dict[str, dict]:
-    sizes = {}
-    for name, module in model.named_modules():
-        for cls, attrs in _SHAPE_ATTRS.items():
-            if isinstance(module, cls):
-                sizes[name] = {a: (list(v) if isinstance(v := getattr(module, a), tuple) else v) for a in attrs}
-    return sizes
+def _cpu(value):
+    # Quantized linear layers keep (weight, bias) tuples and a dtype in their state_dict.
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, tuple):
+        return tuple(_cpu(v) for v in value)
+    return value
+
+
+def _portable_state(model: nn.Module) -> OrderedDict:
+    state = model.state_dict()
+    portable = OrderedDict((k, _cpu(v)) for k, v in state.items())
+    # Per-module format versions: quantized modules read their state differently without them.
+    portable._metadata = getattr(state, "_metadata", None)
+    return portable
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> str:
@@ -54,8 +58,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = No
     payload = {
         "format": FORMAT,
         "spec": dict(model.shrinkflow_spec),
-        "layer_sizes": _layer_sizes(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "layer_sizes": layer_sizes(model) if not is_quantized(model) else {},
+        "state_dict": _portable_state(model),
         "meta": meta or {},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -85,7 +89,8 @@ def load_state(model: nn.Module, state: dict, source: str = "checkpoint") -> Non
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                  if k in state and state[k].shape != v.shape]
+                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
+                  and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
         detail = (f"shape {mismatched[0]}" if mismatched else f"missing {missing[0]}" if missing
                   else f"unexpected {unexpected[0]}")
@@ -101,7 +106,9 @@ def read_model_file(path: str | os.PathLike, expected_sha256: str | None = None)
     if expected_sha256 and file_sha256(path) != expected_sha256:
         raise CompressionError(f"model file {path} does not match its recorded sha256; refusing to load it")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # int8 tensors are rebuilt through torch's deprecated TypedStorage
+            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CompressionError(f"cannot read model file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -116,8 +123,16 @@ def load_model(path: str | os.PathLike, expected_sha256: str | None = None) -> n
     model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"])
     if spec.get("trim"):
         apply_trim(model, spec["trim"])
-    model.shrinkflow_spec = dict(spec)
-    _resize_layers(model, payload["layer_sizes"], payload["state_dict"])
+    model.shrinkflow_spec = {k: v for k, v in spec.items() if k != "quantization"}
+    quantization = spec.get("quantization")
+    if quantization:
+        # Rebuild the float model it was made from, then the same int8 structure, then load the int8 state.
+        layout = quantization["float_layout"]
+        _resize_layers(model, layout["layer_sizes"], {k: torch.empty(s) for k, s in layout["shapes"].items()})
+        model = skeleton(model.eval(), quantization)
+        set_engine(model)
+    else:
+        _resize_layers(model, payload["layer_sizes"], payload["state_dict"])
     load_state(model, payload["state_dict"], str(path))
     return model.eval()
 

@@ -30,14 +30,24 @@ def evaluate_classifier(model: nn.Module, batches: Batches) -> dict:
     return classification_metrics(logits, labels, logits.shape[1])
 
 
+def _quantization(model: nn.Module) -> dict | None:
+    return getattr(model, "shrinkflow_spec", {}).get("quantization")
+
+
 def count_nonzero_params(model: nn.Module) -> tuple[int, int]:
+    if q := _quantization(model):  # int8 weights live in packed params, not in parameters()
+        return q["float_params"], q["float_nonzero_params"]
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return total, nonzero
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass over `example` (FLOPs / 2), every aten op counted."""
+    """Multiply-accumulates of one forward pass over `example` (FLOPs / 2), every aten op counted.
+
+    A quantized model reports the MACs its float original was measured at (the same arithmetic in int8)."""
+    if q := _quantization(model):
+        return q["float_macs"] * example.shape[0]
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -64,30 +74,38 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
+def timed_calls(call, single, batch, warmup: int = 5, repeats: int = 30, throughput_repeats: int = 5) -> dict:
+    """Batch-1 latency percentiles (ms) of `call(single)` and throughput (images/s) of `call(batch)`,
+    after warm-up. Any runtime: PyTorch here, onnxruntime in compression.export."""
+    for _ in range(warmup):
+        call(single)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call(single)
+        times.append((time.perf_counter() - t) * 1000)
+    call(batch)
+    t = time.perf_counter()
+    for _ in range(throughput_repeats):
+        call(batch)
+    throughput = len(batch) * throughput_repeats / (time.perf_counter() - t)
+    q = statistics.quantiles(times, n=20)
+    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": q[18], "throughput_ips": throughput}
+
+
+def latency_inputs(example: torch.Tensor, throughput_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    single = example[:1].cpu()
+    return single, single.expand(throughput_batch, *example.shape[1:]).contiguous()
+
+
 @torch.no_grad()
 def cpu_latency(model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 5,
                 repeats: int = 30, throughput_batch: int = 64, throughput_repeats: int = 5) -> dict:
-    """Batch-1 latency percentiles (ms) and throughput (images/s) at `throughput_batch`, on CPU with a
-    fixed thread count, after warm-up."""
+    """PyTorch CPU speed with a fixed thread count (see timed_calls)."""
     model = model.eval().cpu()
-    single = example[:1].cpu()
-    batch = example[:1].expand(throughput_batch, *example.shape[1:]).contiguous()
     with torch_threads(threads):
-        for _ in range(warmup):
-            model(single)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(single)
-            times.append((time.perf_counter() - t) * 1000)
-        model(batch)
-        t = time.perf_counter()
-        for _ in range(throughput_repeats):
-            model(batch)
-        throughput = throughput_batch * throughput_repeats / (time.perf_counter() - t)
-    q = statistics.quantiles(times, n=20)
-    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": q[18], "throughput_ips": throughput,
-            "threads": threads}
+        timings = timed_calls(model, *latency_inputs(example, throughput_batch), warmup, repeats, throughput_repeats)
+    return {**timings, "threads": threads}
 
 
 def profile(model: nn.Module, example: torch.Tensor, threads: int = 1, repeats: int = 30) -> dict:

@@ -167,3 +167,22 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+SHAPE_ATTRS = {
+    nn.Conv2d: ("in_channels", "out_channels", "groups"),
+    nn.Linear: ("in_features", "out_features"),
+    nn.modules.batchnorm._BatchNorm: ("num_features",),
+    nn.LayerNorm: ("normalized_shape",),
+    nn.GroupNorm: ("num_groups", "num_channels"),
+}
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict]:
+    """The size attributes of every conv, norm and linear layer (they change under pruning)."""
+    sizes = {}
+    for name, module in model.named_modules():
+        for cls, attrs in SHAPE_ATTRS.items():
+            if isinstance(module, cls):
+                sizes[name] = {a: (list(v) if isinstance(v := getattr(module, a), tuple) else v) for a in attrs}
+    return sizes

@@ -126,7 +126,7 @@ def make_scheduler(optimizer, cfg: TrainConfig):
 @torch.no_grad()
 def predict(model: nn.Module, batches: Batches, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of the whole split, model in eval mode."""
-    device = device or next(model.parameters()).device
+    device = device or next(model.parameters(), torch.empty(0)).device  # int8 models have no parameters
     was_training = model.training
     model.eval()
     logits, labels = [], []

@@ -1,7 +1,7 @@
 """The wiring every flow shares: a tracked pipeline run, its stages, and the evaluate/report/register tail.
 
 compress and pretrain run the whole chain:
-load -> fetch -> finetune -> [trim] -> distill -> prune -> evaluate -> report -> register.
+load -> fetch -> finetune -> [trim] -> distill -> prune -> [quantize] -> evaluate -> [export] -> report -> register.
 The single-stage flows (flows/stages.py) run one stage on models given by source strings.
 """
 
@@ -14,9 +14,11 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
+from tasks.export import export, export_targets, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
 from tasks.prune import prune
+from tasks.quantize import quantize
 from tasks.register import register
 from tasks.report import report
 from tasks.stage import ensure_writable, output_root, with_cache
@@ -56,6 +58,8 @@ class StageRunner:
         """Evaluate every candidate, report, optionally register; the flow's return value."""
         candidates = {name: ref for name, ref in candidates.items() if ref}
         rows = self(evaluate, data=data, candidates=candidates)["rows"]
+        if self.cfg.export.onnx:
+            rows = with_onnx(rows, self(export, data=data, models=export_targets(candidates))["exports"])
         summary = self(report, rows=rows)
         registered = self(register, data=data, rows=rows) if register_best else None
         self.parent.log_metrics({"stages_executed": len(self.executed), "stages_cached": len(self.cached)})
@@ -97,4 +101,8 @@ def run_pipeline(cfg: PipelineConfig, flow_name: str) -> dict:
         if cfg.prune.enabled:
             pruned = run(prune, data=data, student=student or teacher, teacher=teacher)
             candidates.update(pruned=pruned.get("structured"), sparse=pruned.get("unstructured"))
+            student = pruned.get("structured") or student
+        if cfg.quantize.enabled:
+            quantized = run(quantize, data=data, model=student or teacher)
+            candidates.update({f"quantized_{mode}": quantized.get(mode) for mode in cfg.quantize.modes})
         return run.finish(data, candidates, cfg.register.enabled)

@@ -14,6 +14,7 @@ from tasks.data import load_data
 from tasks.distill import distill
 from tasks.finetune import finetune
 from tasks.prune import prune
+from tasks.quantize import quantize
 from tasks.trim import trim
 
 
@@ -60,3 +61,15 @@ def prune_flow(config: str, student: str, teacher: str | None = None, overrides:
         out = run(prune, data=data, student=student_ref, teacher=teacher_ref)
         return run.finish(data, {"teacher": student_ref, "pruned": out.get("structured"),
                                  "sparse": out.get("unstructured")}, register_best=False)
+
+
+@flow(name="quantize")
+def quantize_flow(config: str, model: str, overrides: dict | None = None) -> dict:
+    """int8 copies of `model` (a float model source), per the config's quantize section."""
+    cfg = load_config(config, overrides)
+    with tracked_pipeline(cfg, "quantize") as run:
+        data = run(load_data)
+        ref = run.fetch(data, model)
+        out = run(quantize, data=data, model=ref)
+        return run.finish(data, {"teacher": ref, **{f"quantized_{m}": out.get(m) for m in cfg.quantize.modes}},
+                          register_best=False)

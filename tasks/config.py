@@ -106,6 +106,43 @@ class PruneConfig(StageConfig):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**PruneConfig.TRAIN_DEFAULTS))
 
 
+class QuantizeConfig(Section):
+    enabled: bool = False
+    modes: list[Literal["static", "dynamic"]] = Field(["static"], min_length=1, description="static: conv+linear int8 with calibration; dynamic: linear only")
+    backend: str = Field("x86", description="torch quantized engine: x86, fbgemm, onednn or qnnpack")
+    calibration_size: int = Field(256, description="training images the static observers see")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the float model on the val split; a quantized model further off is not offered as a candidate")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value):
+        from compression.quantization import supported_backends
+
+        if value not in supported_backends():
+            raise ValueError(f"backend {value!r} is not supported by this torch build; use one of {', '.join(supported_backends())}")
+        return value
+
+    @field_validator("calibration_size")
+    @classmethod
+    def _calibration(cls, value):
+        if value < 1:
+            raise ValueError(f"calibration size must be at least 1 image, got {value}")
+        return value
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"modes {value} has duplicates")
+        return value
+
+
+class ExportConfig(Section):
+    onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, time onnxruntime")
+    opset: int = Field(18, ge=13, le=23)
+    parity_atol: float = Field(1e-3, gt=0, description="max abs logit difference an export may have")
+
+
 class EvaluateConfig(Section):
     threads: int = Field(1, ge=1)
     latency_repeats: int = Field(30, ge=5)
@@ -116,7 +153,7 @@ class RegisterConfig(Section):
     enabled: bool = True
     model_name: str = Field("shrinkflow-model", pattern=r"^[\w.\-]+$")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher, as a fraction (0.01 = 1 point)")
-    objective: Literal["params", "macs", "latency"] = "params"
+    objective: Literal["params", "macs", "latency", "size"] = "params"
 
 
 class TrackingConfig(Section):
@@ -138,6 +175,8 @@ class PipelineConfig(Section):
     trim: TrimConfig = TrimConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     tracking: TrackingConfig = TrackingConfig()

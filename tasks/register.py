@@ -18,7 +18,7 @@ from tasks.serving import ShrinkflowClassifier
 from tasks.stage import stage_task
 from tasks.tracking import RunContext
 
-OBJECTIVES = {"params": "params", "macs": "macs", "latency": "latency_p50_ms"}
+OBJECTIVES = {"params": "params", "macs": "macs", "latency": "latency_p50_ms", "size": "size_bytes"}
 
 
 def choose(rows: list[dict], max_drop: float, objective: str) -> tuple[dict, str]:
@@ -47,6 +47,12 @@ def _test_images(cfg: PipelineConfig, data: dict, channels: int) -> tuple[np.nda
     return images.numpy(), bundle.test.labels.numpy()
 
 
+def _reloaded_accuracy(uri: str, images: np.ndarray, labels: np.ndarray) -> float:
+    loaded = mlflow.pyfunc.load_model(uri)
+    predictions = np.concatenate([loaded.predict(images[i:i + 512]) for i in range(0, len(images), 512)])
+    return float((predictions == labels).mean())
+
+
 @stage_task("register", sections=("register",), cache=False)
 def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict]) -> dict:
     settings = cfg.register
@@ -58,28 +64,36 @@ def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, row
     if version is None:
         from compression.checkpoint import read_model_file
 
-        channels = read_model_file(row["path"])["spec"]["in_channels"]
+        spec = read_model_file(row["path"])["spec"]
+        channels = spec["in_channels"]
+        artifacts = {"checkpoint": row["path"]}
+        if row.get("onnx_path"):
+            artifacts["onnx"] = row["onnx_path"]
         images, labels = _test_images(cfg, data, channels)
         mlflow.set_tracking_uri(ctx.tracking_uri)
         with mlflow.start_run(run_id=run.run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=ShrinkflowClassifier(), artifacts={"checkpoint": row["path"]},
+                name="model", python_model=ShrinkflowClassifier(), artifacts=artifacts,
                 input_example=images[:2], registered_model_name=settings.model_name,
                 pip_requirements=["torch", "torchvision", "numpy"], code_paths=None)
         version = client.get_model_version(settings.model_name, info.registered_model_version)
-        loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version.version}")
-        predictions = np.concatenate([loaded.predict(images[i:i + 512]) for i in range(0, len(images), 512)])
-        reloaded_accuracy = float((predictions == labels).mean())
+        try:
+            reloaded_accuracy = _reloaded_accuracy(f"models:/{settings.model_name}/{version.version}", images, labels)
+        except Exception:
+            client.delete_model_version(settings.model_name, version.version)
+            raise
         run.log_metrics({"reloaded_accuracy": reloaded_accuracy, "evaluated_accuracy": row["accuracy"]})
         if abs(reloaded_accuracy - row["accuracy"]) > 1e-6:
             client.delete_model_version(settings.model_name, version.version)
             raise RuntimeError(f"registered model reloads at accuracy {reloaded_accuracy:.4f}, evaluated "
                                f"{row['accuracy']:.4f}; version {version.version} deleted")
+        formats = ["shrinkflow-pt", "mlflow-pyfunc"] + (["onnx"] if "onnx" in artifacts else [])
         lineage = {
             SHA_TAG: row["sha256"], "candidate": row["candidate"], "accuracy": f"{row['accuracy']:.6f}",
             "parent_run_id": ctx.parent_run_id, "stage_run_id": row["stage_run_id"], "source": cfg.source,
             "dataset_digest_test": data["digests"]["test"], "dataset_digest_train": data["digests"]["train"],
-            "config_hash": cfg.config_hash(), "formats": "shrinkflow-pt,mlflow-pyfunc",
+            "config_hash": cfg.config_hash(), "formats": ",".join(formats),
+            "quantization": (spec.get("quantization") or {}).get("mode", "none"),
         }
         for key, value in lineage.items():
             client.set_model_version_tag(settings.model_name, version.version, key, value)

@@ -12,7 +12,7 @@ from tasks.stage import stage_task
 from tasks.tracking import RunContext, StageRun
 
 COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
-           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "sha256", "path"]
+           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "onnx_latency_p50_ms", "onnx_throughput_ips", "sha256", "path"]
 
 
 def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFrame:
@@ -39,8 +39,9 @@ def markdown(df: pd.DataFrame) -> str:
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("params_x", "macs_x", "speedup"):
         shown[col] = shown[col].map(lambda v: f"{v:.1f}x")
-    for col in ("latency_p50_ms", "latency_p95_ms", "throughput_ips"):
-        shown[col] = shown[col].map(lambda v: f"{v:.1f}")
+    for col in ("latency_p50_ms", "latency_p95_ms", "throughput_ips", "onnx_latency_p50_ms", "onnx_throughput_ips"):
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
     shown["macs"] = shown["macs"].map(lambda v: f"{v / 1e6:.1f}M")
     return shown.to_markdown(index=False)
 
@@ -64,12 +65,20 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
             plots.close(fig)
         target.log_metrics(summary)
     create_table_artifact(key=f"{cfg.name}-comparison".lower().replace("_", "-"),
-                          table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                                 for r in df.to_dict("records")],
+                          table=[{k: _cell(v) for k, v in r.items()} for r in df.to_dict("records")],
                           description=f"shrinkflow candidates of {cfg.name}")
     create_link_artifact(key=f"{cfg.name}-mlflow-run".lower().replace("_", "-"),
                          link=mlflow_run_link(ctx), description="the pipeline's MLflow run")
-    return {"table": df.to_dict("records"), "markdown": text, "kd_gain": gain}
+    # None, not NaN, where a candidate has no ONNX export: NaN != NaN would make equal tables differ.
+    records = [{k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()}
+               for r in df.to_dict("records")]
+    return {"table": records, "markdown": text, "kd_gain": gain}
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return None if pd.isna(value) else round(value, 4)
+    return value
 
 
 def mlflow_run_link(ctx: RunContext) -> str:

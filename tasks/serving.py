@@ -15,6 +15,11 @@ from compression.checkpoint import load_model, read_model_file
 
 
 class ShrinkflowClassifier(mlflow.pyfunc.PythonModel):
+    def __getstate__(self):
+        # MLflow pickles this object after validating the input example, when the model is already
+        # loaded; the model belongs in the artifacts (weights_only file), never in the pickle.
+        return {}
+
     def load_context(self, context):
         path = context.artifacts["checkpoint"]
         meta = read_model_file(path)["meta"]

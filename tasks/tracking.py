@@ -153,24 +153,37 @@ class StageRun:
         self.client = client
         self.run_id = run_id
         self.stage = stage
+        self._pending = []  # asynchronous log operations not yet confirmed
+
+    def flush(self) -> None:
+        """Wait for every asynchronous log call; raises if one failed."""
+        pending, self._pending = self._pending, []
+        for operation in pending:
+            operation.wait()
 
     def log_params(self, params: dict) -> None:
         flat = [Param(k, v[:6000]) for k, v in flatten("", params).items()]
         for i in range(0, len(flat), 100):
             self.client.log_batch(self.run_id, params=flat[i:i + 100])
 
-    def log_metrics(self, metrics: dict, step: int = 0, prefix: str = "") -> None:
+    def log_metrics(self, metrics: dict, step: int = 0, prefix: str = "", wait: bool = True) -> None:
+        """One log_batch per 500 metrics. wait=False queues it on MLflow's logging thread (see flush)."""
         now = int(time.time() * 1000)
         batch = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+            operation = self.client.log_batch(self.run_id, metrics=batch[i:i + 500], synchronous=wait)
+            if not wait:
+                self._pending.append(operation)
 
     def epoch_logger(self, prefix: str = ""):
-        """`on_epoch_end` callback: one log_batch per epoch, with the epoch as step."""
+        """`on_epoch_end` callback: one log_batch per epoch, with the epoch as step. Asynchronous, so that
+        training never waits for the tracking server (a round trip costs up to ~0.1 s; see
+        docs/benchmarks.md); the stage's run waits for all of them before it ends."""
 
         def on_epoch_end(row: dict) -> None:
-            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], prefix=prefix)
+            self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"], prefix=prefix,
+                             wait=False)
 
         return on_epoch_end
 
@@ -223,10 +236,16 @@ def fail_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
 
 
 @contextmanager
-def _terminating(client: MlflowClient, run_id: str):
+def _terminating(handle: StageRun):
+    client, run_id = handle.client, handle.run_id
     try:
-        yield
+        yield handle
+        handle.flush()
     except BaseException:
+        try:
+            handle.flush()
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
@@ -238,8 +257,8 @@ def stage_run(ctx: RunContext, stage: str):
     client = ctx.client()
     run = client.create_run(ctx.experiment_id, run_name=stage, tags={
         "mlflow.parentRunId": ctx.parent_run_id, "shrinkflow.stage": stage, **_process_tags()})
-    with _terminating(client, run.info.run_id):
-        yield StageRun(client, run.info.run_id, stage)
+    with _terminating(StageRun(client, run.info.run_id, stage)) as handle:
+        yield handle
 
 
 @contextmanager
@@ -251,8 +270,7 @@ def pipeline_run(tracking_uri: str, experiment: str, run_name: str, config: dict
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={"shrinkflow.kind": "pipeline", **tags, **_process_tags()})
     ctx = RunContext(tracking_uri, experiment_id, run.info.run_id)
-    with _terminating(client, run.info.run_id):
-        handle = StageRun(client, run.info.run_id, "pipeline")
+    with _terminating(StageRun(client, run.info.run_id, "pipeline")) as handle:
         if orphans:
             handle.set_tags({"shrinkflow.orphans_failed": ",".join(orphans)})
         handle.log_params(config)

@@ -9,7 +9,8 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "evaluate", "report", "register"]
+STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "quantize", "evaluate", "export",
+          "report", "register"]
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,43 @@ def test_run_tree_params_metrics_artifacts(first_run, store):
         for metric in ("accuracy", "params", "macs", "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips"):
             assert f"{name}.{metric}" in evaluate.data.metrics
     assert "confusion/pruned.png" in {a.path for a in client.list_artifacts(evaluate.info.run_id, "confusion")}
+    for name in ("quantized_static", "quantized_dynamic"):
+        assert f"{name}.accuracy" in evaluate.data.metrics and f"{name}.latency_p50_ms" in evaluate.data.metrics
     # datasets with digests
     inputs = children["load_data"].inputs.dataset_inputs
     assert sorted(i.dataset.name for i in inputs) == ["fashion-mnist-test", "fashion-mnist-train", "fashion-mnist-val"]
     assert all(len(i.dataset.digest) == 16 for i in inputs)
+
+
+def test_quantized_candidates_stay_within_tolerance_and_are_smaller(first_run, store):
+    client = MlflowClient(store["tracking.uri"])
+    quantize = _children(client, client.get_run(first_run["run_id"]))["quantize"]
+    metrics, tolerance = quantize.data.metrics, 0.05  # configs/smoke.yaml quantize.max_accuracy_drop
+    assert metrics["calibration_images"] == 64
+    rows = {r["candidate"]: r for r in first_run["table"]}
+    for mode in ("static", "dynamic"):
+        assert metrics[f"{mode}.val_acc_drop"] <= tolerance
+        assert rows[f"quantized_{mode}"]["accuracy"] >= rows["pruned"]["accuracy"] - tolerance
+        # the same weights and arithmetic as the float model they were made from
+        assert rows[f"quantized_{mode}"]["params"] == rows["pruned"]["params"]
+        assert rows[f"quantized_{mode}"]["macs"] == rows["pruned"]["macs"]
+    # int8 conv and linear weights: the file is well under half the float one
+    assert rows["quantized_static"]["size_bytes"] < 0.35 * rows["pruned"]["size_bytes"]
+    assert "model/quantized_static.pt" in {a.path for a in client.list_artifacts(quantize.info.run_id, "model")}
+
+
+def test_onnx_exports_agree_with_pytorch(first_run, store):
+    client = MlflowClient(store["tracking.uri"])
+    export = _children(client, client.get_run(first_run["run_id"]))["export"]
+    metrics = export.data.metrics
+    for name in ("teacher", "pruned"):  # the teacher and the last float model
+        assert metrics[f"{name}.onnx.parity_ok"] == 1
+        assert metrics[f"{name}.onnx.max_abs_diff"] < 1e-3 and metrics[f"{name}.onnx.top1_agreement"] == 1.0
+        assert metrics[f"{name}.onnx.latency_p50_ms"] > 0
+    assert {"onnx/teacher.onnx", "onnx/pruned.onnx"} <= {a.path for a in client.list_artifacts(export.info.run_id, "onnx")}
+    rows = {r["candidate"]: r for r in first_run["table"]}
+    assert rows["pruned"]["onnx_latency_p50_ms"] > 0 and "onnx_latency_p50_ms" in rows["teacher"]
+    assert "| onnx_latency_p50_ms" in first_run["markdown"]
 
 
 def test_registered_model_reproduces_its_accuracy(first_run, store):
@@ -73,8 +107,11 @@ def test_registered_model_reproduces_its_accuracy(first_run, store):
 
     registered = first_run["registered"]
     assert registered["alias"] == "champion"  # smoke budget: any accuracy drop is accepted
+    assert registered["candidate"] == "quantized_static"  # objective: size
     client = MlflowClient(store["tracking.uri"])
     version = client.get_model_version_by_alias("smoke-model", "champion")
+    assert version.tags["quantization"] == "static"
+    assert version.tags["formats"] == "shrinkflow-pt,mlflow-pyfunc"  # int8 models have no ONNX export
     assert version.tags["parent_run_id"] == first_run["run_id"]
     assert version.tags["dataset_digest_test"] and version.tags["source"] == "scratch:resnet18"
     mlflow.set_tracking_uri(store["tracking.uri"])
@@ -104,14 +141,18 @@ def test_cache_skips_completed_stages_and_reruns_only_what_changed(first_run, st
     from flows.compress import compress
 
     again = compress("configs/smoke.yaml", dict(store))
-    assert again["cached"] == ["finetune", "trim", "distill", "prune", "evaluate"]
+    assert again["cached"] == ["finetune", "trim", "distill", "prune", "quantize", "evaluate", "export"]
     assert again["registered"]["version"] == first_run["registered"]["version"]  # same model, no new version
     assert again["table"] == first_run["table"]
-    changed = compress("configs/smoke.yaml", {**store, "prune.ratio": 0.6})
+    changed = compress("configs/smoke.yaml", {**store, "prune.ratio": 0.6, "quantize.enabled": False})
     assert changed["cached"] == ["finetune", "trim", "distill"]
-    assert {"prune", "evaluate", "report", "register"} <= set(changed["executed"])
+    assert {"prune", "evaluate", "export", "report", "register"} <= set(changed["executed"])
     params = {r["candidate"]: r["params"] for r in changed["table"]}
     assert params["pruned"] < {r["candidate"]: r["params"] for r in first_run["table"]}["pruned"]
+    # without int8 candidates the smallest file is the pruned float model, registered with its ONNX export
+    assert changed["registered"]["candidate"] == "pruned"
+    version = MlflowClient(store["tracking.uri"]).get_model_version("smoke-model", changed["registered"]["version"])
+    assert version.tags["formats"] == "shrinkflow-pt,mlflow-pyfunc,onnx" and version.tags["quantization"] == "none"
 
 
 def test_failing_stage_marks_child_and_parent_failed_and_registers_nothing(prefect, store):
@@ -204,19 +245,27 @@ def test_registry_alias_missing(first_run, store):
 
 
 def test_stage_flows_run_one_stage_on_given_models(first_run, store):
-    from flows.stages import distill_flow, prune_flow
+    from flows.stages import distill_flow, prune_flow, quantize_flow
 
     teacher = next(r for r in first_run["table"] if r["candidate"] == "teacher")
     result = distill_flow("configs/smoke.yaml", teacher=f"file:{teacher['path']}",
-                          overrides={**store, "name": "distill-only", "distill.student": "mobilenet_v3_small"})
+                          overrides={**store, "name": "distill-only", "distill.student": "mobilenet_v3_small",
+                                     "export.onnx": False})
     assert [r["candidate"] for r in result["table"]] == ["teacher", "student_kd", "student_plain"]
     assert "distill" in result["executed"] and result["registered"] is None
     kd = next(r for r in result["table"] if r["candidate"] == "student_kd")
     assert kd["params"] < 2_000_000  # a mobilenet_v3_small student, not the resnet teacher
     pruned = prune_flow("configs/smoke.yaml", student=f"file:{kd['path']}",
-                        overrides={**store, "name": "prune-only", "prune.kd": False})
+                        overrides={**store, "name": "prune-only", "prune.kd": False, "export.onnx": False})
     rows = {r["candidate"]: r for r in pruned["table"]}
     assert rows["pruned"]["params"] < rows["teacher"]["params"]
+    resnet = next(r for r in first_run["table"] if r["candidate"] == "pruned")
+    quantized = quantize_flow("configs/smoke.yaml", model=f"file:{resnet['path']}",
+                              overrides={**store, "name": "quantize-only", "export.onnx": False,
+                                         "quantize.modes": ["static"]})
+    rows = {r["candidate"]: r for r in quantized["table"]}
+    assert list(rows) == ["teacher", "quantized_static"] and quantized["executed"][-3:] == ["quantize", "evaluate", "report"]
+    assert rows["quantized_static"]["size_bytes"] < rows["teacher"]["size_bytes"] / 2
 
 
 def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys):
@@ -269,6 +318,8 @@ def _bad_inputs(tmp_path):
         ("image folder with one class", ["data.name=image-folder", f"data.data_dir={one_class.parent}"], "1 class folder"),
         ("unreachable tracking server", ["tracking.uri=http://127.0.0.1:9"], "is unreachable"),
         ("output directory not writable", [f"output_dir={a_file}/outputs"], "is not writable"),
+        ("calibration size 0", ["quantize.calibration_size=0"], "quantize.calibration_size: calibration size must be at least 1"),
+        ("unsupported quantization backend", ["quantize.backend=tpu"], "quantize.backend: backend 'tpu' is not supported"),
     ]
 
 
@@ -276,7 +327,8 @@ CATALOGUE = ["unknown architecture", "unknown source", "registry model missing",
              "truncated checkpoint", "checkpoint for other classes", "yaml syntax error", "unknown key",
              "negative epochs", "prune ratio 1.5", "temperature 0", "alpha outside [0, 1]", "empty class subset",
              "class out of range", "missing dataset directory", "image folder with one class",
-             "unreachable tracking server", "output directory not writable"]
+             "unreachable tracking server", "output directory not writable", "calibration size 0",
+             "unsupported quantization backend"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,71 @@
+"""ONNX export of a float model, its parity with PyTorch, and its onnxruntime CPU latency.
+
+Quantized (torch.ao) models do not export: torch.export cannot trace their packed int8 ops, and the
+legacy TorchScript exporter is gone. `export_onnx` says so instead of writing a file that is not the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression import CompressionError
+from compression.measure import latency_inputs, timed_calls
+
+log = logging.getLogger("shrinkflow")
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 18) -> Path:
+    """Write `model` as ONNX with a dynamic batch dimension (atomically: a failed export leaves no file)."""
+    if getattr(model, "shrinkflow_spec", {}).get("quantization"):
+        raise CompressionError("quantized models cannot be exported to ONNX here (torch.export does not trace "
+                               "torch.ao int8 ops); export the float model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The exporter reports progress with print(); keep it out of our logs.
+        logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+        program = torch.onnx.export(model, (example[:1].cpu(),), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=({0: batch},), input_names=["images"], output_names=["logits"],
+                                    verbose=False, report=False)
+        program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def session(path: str | os.PathLike, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(sess, images: torch.Tensor) -> np.ndarray:
+    return sess.run(None, {sess.get_inputs()[0].name: images.cpu().numpy().astype(np.float32)})[0]
+
+
+@torch.no_grad()
+def parity(model: nn.Module, sess, images: torch.Tensor) -> dict:
+    """How far the ONNX logits are from PyTorch's on `images`: max abs difference and top-1 agreement."""
+    reference = model.eval()(images).numpy()
+    logits = run_onnx(sess, images)
+    return {"max_abs_diff": float(np.abs(logits - reference).max()),
+            "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+
+
+def onnx_latency(sess, example: torch.Tensor, repeats: int = 30, throughput_batch: int = 64) -> dict:
+    """onnxruntime speed measured as measure.cpu_latency measures PyTorch (threads are set on the session)."""
+    return timed_calls(lambda x: run_onnx(sess, x), *latency_inputs(example, throughput_batch), repeats=repeats)

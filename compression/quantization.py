@@ -1,0 +1,121 @@
+"""Post-training int8 quantization for CPU inference.
+
+Two modes:
+- "dynamic": Linear layers get int8 weights, activations are quantized on the fly (`quantize_dynamic`).
+  For a CNN this touches only the classifier head, so expect little change.
+- "static": every conv and linear gets int8 weights and int8 activations with scales calibrated on a few
+  hundred training images; conv+bn+relu are fused first (FX graph mode).
+
+Why `torch.ao.quantization` although torch 2.14 marks it deprecated: it is the path whose int8 kernels
+(fbgemm/oneDNN, backend "x86") run fast on CPU without compilation. Its successor, torchao's PT2E flow
+(`prepare_pt2e` with `X86InductorQuantizer`), raises "Input partition has more than one output node" on
+torchvision's ResNet under torch 2.14 + torchao 0.18, and its int8 speed comes only after `torch.compile`.
+See docs/benchmarks.md for the measured numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from contextlib import contextmanager
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from compression import CompressionError
+from compression.measure import count_macs, count_nonzero_params
+from compression.models import layer_sizes
+
+MODES = ("static", "dynamic")
+
+
+def supported_backends() -> list[str]:
+    return [b for b in torch.backends.quantized.supported_engines if b != "none"]
+
+
+@contextmanager
+def _quiet_deprecation():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.ao\..*")
+        yield
+
+
+def check_settings(mode: str, backend: str) -> None:
+    if mode not in MODES:
+        raise CompressionError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
+    if backend not in supported_backends():
+        raise CompressionError(f"quantization backend {backend!r} is not supported by this torch build; "
+                               f"available: {', '.join(supported_backends())}")
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(model, "shrinkflow_spec", {}).get("quantization"))
+
+
+def _float_layout(model: nn.Module) -> dict:
+    """What a loader needs to rebuild the (trimmed, pruned) float model before quantizing it again."""
+    return {"layer_sizes": layer_sizes(model), "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
+def _convert(model: nn.Module, mode: str, backend: str, example: torch.Tensor,
+             calibration: Iterable[torch.Tensor] | None) -> nn.Module:
+    from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = backend
+    model = copy.deepcopy(model).cpu().eval()
+    if mode == "dynamic":
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example[:1].cpu(),))
+    with torch.no_grad():
+        for images in calibration or ():
+            prepared(images.cpu())
+    return convert_fx(prepared)
+
+
+def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: Iterable[torch.Tensor] | None = None,
+             backend: str = "x86") -> nn.Module:
+    """An int8 copy of `model` (left unchanged). Static mode runs `calibration` batches through observers.
+
+    The copy's `shrinkflow_spec["quantization"]` records how to rebuild it (mode, backend, the float layer
+    shapes) and the float model's weight count and MACs: int8 kernels hold the same weights and do the same
+    multiply-accumulates, but quantized modules expose no parameters and torch's flop counter cannot see
+    inside quantized ops.
+    """
+    check_settings(mode, backend)
+    if not hasattr(model, "shrinkflow_spec"):
+        raise CompressionError("model has no shrinkflow_spec; build it with compression.models.build_model")
+    if is_quantized(model):
+        raise CompressionError("model is already quantized")
+    if mode == "static":
+        calibration = list(calibration or ())
+        if not calibration or sum(len(b) for b in calibration) == 0:
+            raise CompressionError("static quantization needs calibration images; got none")
+    params, nonzero = count_nonzero_params(model)
+    macs = count_macs(model, example[:1])
+    with _quiet_deprecation():
+        quantized = _convert(model, mode, backend, example, calibration)
+    spec = dict(model.shrinkflow_spec)
+    spec["quantization"] = {"mode": mode, "backend": backend, "float_layout": _float_layout(model),
+                            "float_params": params, "float_nonzero_params": nonzero, "float_macs": macs}
+    quantized.shrinkflow_spec = spec
+    return quantized
+
+
+def skeleton(float_model: nn.Module, settings: dict) -> nn.Module:
+    """The quantized structure for `settings` with placeholder scales, ready for load_state_dict."""
+    spec = float_model.shrinkflow_spec
+    example = torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"])
+    with _quiet_deprecation():  # uncalibrated observers give placeholder scales; the loaded state replaces them
+        quantized = _convert(float_model, settings["mode"], settings["backend"], example, None)
+    quantized.shrinkflow_spec = {**spec, "quantization": settings}
+    return quantized
+
+
+def set_engine(model: nn.Module) -> None:
+    """Quantized kernels dispatch on a process-wide engine; make it the one the model was built for."""
+    settings = getattr(model, "shrinkflow_spec", {}).get("quantization")
+    if settings:
+        torch.backends.quantized.engine = settings["backend"]

@@ -1,0 +1,51 @@
+"""quantize: post-training int8 copies of the final float student, each checked against it on the val split.
+
+A quantized model whose val accuracy falls further than quantize.max_accuracy_drop below the float model's
+is logged (metrics, tag) but not offered as a candidate, so it can never be registered.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+
+import torch
+
+from compression.measure import evaluate_classifier
+from compression.quantization import quantize as quantize_model
+from tasks.config import PipelineConfig
+from tasks.data import get_bundle
+from tasks.stage import stage_task
+from tasks.training import load, save_candidate
+
+log = logging.getLogger("shrinkflow")
+
+
+@stage_task("quantize", sections=("quantize",))
+def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) -> dict:
+    bundle = get_bundle(cfg, data)
+    settings = cfg.quantize
+    float_model = load(model)
+    channels = float_model.shrinkflow_spec["in_channels"]
+    batch = min(64, settings.calibration_size)
+    # Shuffled (seeded) so that the observers see every class, not the first ones of a class-sorted split.
+    shuffled = bundle.batches("train", batch, train=True, seed=cfg.seed, channels=channels)
+    calibration = [x for x, _ in islice(shuffled, -(-settings.calibration_size // batch))]
+    example = torch.zeros(1, channels, bundle.input_size, bundle.input_size)
+    val = bundle.batches("val", cfg.data.eval_batch_size, channels=channels)
+    float_acc = evaluate_classifier(float_model, val)["accuracy"]
+    run.log_metrics({"float_val_acc": float_acc, "calibration_images": sum(len(x) for x in calibration)})
+    result = {}
+    for mode in settings.modes:
+        quantized = quantize_model(float_model, mode, example, calibration if mode == "static" else None,
+                                   settings.backend)
+        acc = evaluate_classifier(quantized, val)["accuracy"]
+        drop = float_acc - acc
+        run.log_metrics({"val_acc": acc, "val_acc_drop": drop}, prefix=f"{mode}.")
+        if drop > settings.max_accuracy_drop + 1e-9:
+            log.warning("[quantize] %s int8 model loses %.2f points on val (limit %.2f): not a candidate",
+                        mode, 100 * drop, 100 * settings.max_accuracy_drop)
+            run.set_tags({f"{mode}.rejected": f"val accuracy drop {drop:.4f} > {settings.max_accuracy_drop}"})
+            continue
+        result[mode] = save_candidate(run, quantized, workdir, f"quantized_{mode}", bundle, val_acc=acc)
+    return result
