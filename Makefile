@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-fast data clean server server-stop worker deploy serve
+.PHONY: demo test test-fast data clean server server-stop worker deploy serve bench bench-report
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,5 +51,18 @@ deploy: $(STAMP)
 serve: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
+# Every benchmark (about 45 min on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
+bench: $(STAMP) data
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/datapath.py
+	$(BIN)/python bench/logging_cost.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/compression_results.py
+	$(BIN)/python bench/report.py
+
+# docs/benchmarks.md again from the results already in bench/results/.
+bench-report: $(STAMP)
+	$(BIN)/python bench/report.py
+
 clean:
-	rm -rf outputs mlflow.db mlruns .prefect .pytest_cache
+	rm -rf outputs mlflow.db mlruns .prefect .pytest_cache bench/.work

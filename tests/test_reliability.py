@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 def _command(tmp_path: Path, uri: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml",
             "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / 'outputs'}",
-            "--set", "distill.train.epochs=4", "--set", "tracking.experiment=crash", "--set", "name=crash"]
+            "--set", "distill.train.epochs=4", "--set", "distill.train.checkpoint_seconds=0",
+            "--set", "tracking.experiment=crash", "--set", "name=crash"]
 
 
 def test_kill_9_during_distillation_then_resume(tmp_path):

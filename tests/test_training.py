@@ -25,7 +25,7 @@ def _train(bundle, seed, epochs=2, **kw):
     model = build_model("resnet18", 4, 1, 28)
     model.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), model.fc)  # dropout exercises the per-epoch reseeding
     train, val = _batches(bundle)
-    result = fit(model, train, val, TrainConfig(epochs=epochs, seed=seed, lr=0.02), **kw)
+    result = fit(model, train, val, TrainConfig(epochs=epochs, seed=seed, lr=0.02, checkpoint_seconds=0), **kw)
     return model, result
 
 
@@ -57,6 +57,22 @@ def test_resume_after_crash_matches_an_uninterrupted_run(small, tmp_path):
     assert result.resumed_from_epoch == 1  # zero-based: epochs 1 and 2 were done
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
     assert _same_weights(reference, resumed)
+
+
+def test_short_epochs_are_checkpointed_by_time_and_the_last_always(small, tmp_path):
+    seen = []
+
+    def note(row):
+        seen.append((row["epoch"], (tmp_path / "last.pt").exists()))
+
+    seed_everything(0)
+    model = build_model("resnet18", 4, 1, 28)
+    train, val = _batches(small)
+    fit(model, train, val, TrainConfig(epochs=3, lr=0.02, checkpoint_seconds=3600), checkpoint_dir=tmp_path,
+        on_epoch_end=note)
+    assert seen == [(1, False), (2, False), (3, True)]
+    with pytest.raises(CompressionError, match="checkpoint_seconds=-1"):
+        TrainConfig(checkpoint_seconds=-1)
 
 
 def test_checkpoint_of_another_config_is_ignored(small, tmp_path):

@@ -1,0 +1,99 @@
+"""What every benchmark shares: where it works, how it records results, what machine it ran on.
+
+Each script writes bench/results/<name>.json; bench/report.py turns them into docs/benchmarks.md.
+BENCH_QUICK=1 shrinks every workload (to check the scripts, not to publish numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = PROJECT_ROOT / "bench" / "results"
+WORK = PROJECT_ROOT / "bench" / ".work"
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+PYTHON = sys.executable
+
+
+def prefect_env(name: str) -> dict:
+    """Environment for a benchmark process with its own Prefect home and MLflow store under bench/.work."""
+    home = WORK / name
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+           "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "GIT_PYTHON_REFRESH": "quiet", "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def use_prefect_env(name: str) -> Path:
+    """Set prefect_env(name) in this process; call before importing prefect or mlflow."""
+    os.environ.update(prefect_env(name))
+    os.environ.pop("PREFECT_API_URL", None)
+    return WORK / name
+
+
+def save(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = {"benchmark": name, "quick": QUICK, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            **data}
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"[bench] wrote {path.relative_to(PROJECT_ROOT)}", flush=True)
+    return path
+
+
+def load_results() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = _git("rev-parse", "--short", "HEAD")
+    from importlib import metadata
+
+    packages = {}
+    for name in ("torch", "torchvision", "torch-pruning", "prefect", "mlflow", "onnxruntime", "numpy"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = "not installed"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "python": platform.python_version(),
+            "os": platform.platform(), "git_commit": commit, "packages": packages}
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,68 @@
+"""Compression results and the cache, from real runs of the flows:
+
+1. the demo (configs/pretrain.yaml, then configs/quickstart.yaml: classes 5-9, 100 labels per class);
+2. the same quickstart again, unchanged: every cached stage is skipped (wall time second / first);
+3. all ten Fashion-MNIST classes on the full test set (configs/fmnist10.yaml), then structured pruning
+   at two more ratios on the same teacher and students (the cache reuses them).
+
+All runs share one Prefect home and one sqlite MLflow store under bench/.work/compression.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import QUICK, Timer, save, say, use_prefect_env  # noqa: E402
+
+EXTRA_RATIOS = [0.4, 0.75]
+TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
+        "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
+        "prune.train.epochs": 1, "quantize.calibration_size": 32}
+
+
+def main() -> None:
+    work = use_prefect_env("compression")
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from flows.compress import compress
+    from flows.pretrain import pretrain
+
+    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
+        target = work / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
+    results = {}
+
+    def run(key: str, flow, config: str, note: str, **extra) -> None:
+        say(f"compression: {key}: {note}")
+        with Timer() as t:
+            result = flow(config, {**store, **(TINY if QUICK else {}), **extra})
+        client = MlflowClient(uri)
+        tags = client.get_run(result["run_id"]).data.tags
+        results[key] = {
+            "seconds": t.seconds, "table": result["table"], "markdown": result["markdown"],
+            "kd_gain": result["kd_gain"], "registered": result["registered"], "executed": result["executed"],
+            "cached": result["cached"], "run_id": result["run_id"],
+            "epoch_times": {stage: [m.value for m in client.get_metric_history(tags[f"stage.{stage}.run_id"], "epoch_time")]
+                            for stage in ("finetune", "distill") if f"stage.{stage}.run_id" in tags},
+        }
+        say(f"compression: {key} took {t.seconds / 60:.1f} min")
+
+    run("pretrain", pretrain, "configs/pretrain.yaml", "demo step 1 (includes Prefect's start-up)")
+    run("quickstart", compress, "configs/quickstart.yaml", "demo step 2")
+    run("quickstart_cached", compress, "configs/quickstart.yaml", "the same again, unchanged")
+    run("fmnist10", compress, "configs/fmnist10.yaml", "all ten classes")
+    for ratio in EXTRA_RATIOS:
+        run(f"fmnist10_ratio_{ratio}", compress, "configs/fmnist10.yaml", f"prune.ratio={ratio}",
+            **{"prune.ratio": ratio, "prune.method": "structured", "register.enabled": False})
+    save("compression", {"runs": results, "extra_ratios": EXTRA_RATIOS, "command": "python bench/compression_results.py",
+                         "tracking_uri": uri})
+
+
+if __name__ == "__main__":
+    main()
