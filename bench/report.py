@@ -76,8 +76,8 @@ def section_overhead(r: dict) -> list[str]:
         f"Work: load Fashion-MNIST ({w['classes']} classes, {w['train_images']:,} training and {w['val_images']} "
         f"validation images), build ResNet-18, train {w['epochs']} epochs (batch {w['batch_size']}, AdamW) with a "
         f"validation pass per epoch, save the model. Each variant in a fresh process, {w['rounds']} interleaved "
-        "rounds, median shown. (b) and (c) also write per-epoch checkpoints, the model file with its sha256, "
-        "the training-curve figure and every MLflow record.", "",
+        "rounds, median and fastest shown. (b) and (c) also write epoch checkpoints, the model file with its "
+        "sha256, the training-curve figure and every MLflow record.", "",
         table(rows, [("variant", "variant", ""), ("s", "seconds (median)", "{:.1f}"), ("x", "median ratio to (a)", "{:.3f}"),
                      ("m", "seconds (fastest)", "{:.1f}"), ("mx", "fastest ratio to (a)", "{:.3f}")]),
         "", "Every run: " + "; ".join(f"{v}: " + ", ".join(f"{x['seconds']:.1f} s" for x in rs) for v, rs in r["runs"].items()) + ".",

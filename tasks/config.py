@@ -147,6 +147,7 @@ class EvaluateConfig(Section):
     threads: int = Field(1, ge=1)
     latency_repeats: int = Field(30, ge=5)
     throughput_batch: int = Field(64, ge=1)
+    speed_rounds: int = Field(3, ge=1, description="latency/throughput rounds taking turns over the candidates; the median is reported")
 
 
 class RegisterConfig(Section):
