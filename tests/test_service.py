@@ -98,7 +98,8 @@ def test_deploy_run_with_params_on_a_worker_and_find_the_runs_over_mlflow_rest(s
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["work_pool_name"] == "shrinkflow-process"
 
-    overrides = {"prune.ratio": 0.6, "output_dir": str(tmp_path / "outputs"), "tracking.experiment": "service"}
+    overrides = {"prune.ratio": 0.6, "output_dir": str(tmp_path / "outputs"), "tracking.experiment": "service",
+                 "export.onnx": False}
     run = _prefect(stack, "deployment", "run", "compress/on-demand", "--param", "config=configs/smoke.yaml",
                    "--param", f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "600", timeout=700)
     assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + \
@@ -118,7 +119,7 @@ def test_deploy_run_with_params_on_a_worker_and_find_the_runs_over_mlflow_rest(s
     params = {p["key"]: p["value"] for p in parents[0]["data"]["params"]}
     assert params["prune.ratio"] == "0.6"
     children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parents[0]["info"]["run_id"]]
-    assert len(children) == 9 and all(c["info"]["status"] == "FINISHED" for c in children)
+    assert len(children) == 10 and all(c["info"]["status"] == "FINISHED" for c in children)
     evaluate = next(c for c in children if c["info"]["run_name"] == "evaluate")
     metrics = {m["key"] for m in evaluate["data"]["metrics"]}
     assert {"teacher.accuracy", "pruned.accuracy", "pruned.latency_p50_ms"} <= metrics
