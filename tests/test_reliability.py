@@ -19,7 +19,8 @@ def _command(tmp_path: Path, uri: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml",
             "--set", f"tracking.uri={uri}", "--set", f"output_dir={tmp_path / 'outputs'}",
             "--set", "distill.train.epochs=4", "--set", "distill.train.checkpoint_seconds=0",
-            "--set", "tracking.experiment=crash", "--set", "name=crash"]
+            "--set", "tracking.experiment=crash", "--set", "name=crash",
+            "--set", "quantize.enabled=false", "--set", "export.onnx=false"]
 
 
 def test_kill_9_during_distillation_then_resume(tmp_path):

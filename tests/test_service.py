@@ -223,8 +223,11 @@ def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
         pytest.skip("checked once, on the SQLite stack")
     from mlflow.tracking import MlflowClient
 
-    url = stack["env"]["MLFLOW_TRACKING_URI"]
-    run_concurrent_pipelines(tmp_path, url, "concurrent-server")
+    url, api = stack["env"]["MLFLOW_TRACKING_URI"], stack["env"]["PREFECT_API_URL"]
+    completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
+    before = httpx.post(f"{api}/flow_runs/count", json=completed).json()
+    run_concurrent_pipelines(tmp_path, url, "concurrent-server", prefect_api_url=api)
+    assert httpx.post(f"{api}/flow_runs/count", json=completed).json() == before + 4  # all on the shared server
     client = MlflowClient(url)
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
