@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, Timer, prefect_env, save, say  # noqa: E402
 
-ROUNDS = 1 if QUICK else 3
-EPOCHS = 1 if QUICK else 2
+ROUNDS = 1 if QUICK else 5
+EPOCHS = 1 if QUICK else 4
 PER_CLASS = 20 if QUICK else 200
 BATCH = 64
 
@@ -54,7 +54,9 @@ def bare(cfg: dict, out: Path) -> dict:
         xv = (bundle.val.images.float() / 255 - mean) / std
         opt = torch.optim.AdamW(model.parameters(), lr=0.002)
         loss_fn = nn.CrossEntropyLoss()
+        epoch_times = []
         for _ in range(EPOCHS):
+            epoch_start = time.perf_counter()
             model.train()
             order = torch.randperm(len(x))
             for i in range(len(x) // BATCH):
@@ -62,12 +64,13 @@ def bare(cfg: dict, out: Path) -> dict:
                 opt.zero_grad(set_to_none=True)
                 loss_fn(model(x[idx]), y[idx]).backward()
                 opt.step()
+            epoch_times.append(time.perf_counter() - epoch_start)
             model.eval()
             with torch.no_grad():
                 val_acc = (torch.cat([model(xv[i:i + 256]) for i in range(0, len(xv), 256)]).argmax(1)
                            == bundle.val.labels).float().mean().item()
         torch.save(model.state_dict(), out / "bare.pt")
-    return {"seconds": t.seconds, "val_acc": val_acc}
+    return {"seconds": t.seconds, "val_acc": val_acc, "epoch_times": epoch_times}
 
 
 def task(cfg: dict, out: Path) -> dict:
@@ -80,11 +83,30 @@ def task(cfg: dict, out: Path) -> dict:
     pc = config_from_dict(cfg)
     make_client(pc.tracking.uri)  # a new sqlite store is created and migrated once; not part of the work
     with Timer() as t:
+        phases = {}
         with pipeline_run(pc.tracking.uri, "overhead", "task", {}, {}) as (ctx, _):
-            data = load_data.fn(pc, ctx)
-            base = fetch_pretrained.fn(pc, ctx, data)
-            teacher = finetune.fn(pc, ctx, data=data, base=base)
-    return {"seconds": t.seconds, "val_acc": teacher["val_acc"]}
+            with Timer() as p:
+                data = load_data.fn(pc, ctx)
+            phases["load_data"] = p.seconds
+            with Timer() as p:
+                base = fetch_pretrained.fn(pc, ctx, data)
+            phases["fetch"] = p.seconds
+            with Timer() as p:
+                teacher = finetune.fn(pc, ctx, data=data, base=base)
+            phases["finetune"] = p.seconds
+    return {"seconds": t.seconds, "val_acc": teacher["val_acc"], "phases": phases,
+            "epoch_times": finetune_epoch_times(pc.tracking.uri)}
+
+
+def finetune_epoch_times(uri: str) -> list[float]:
+    """Training seconds per epoch of the newest finetune run (as the stage logged them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("overhead")
+    run = client.search_runs([experiment.experiment_id], "tags.`shrinkflow.stage` = 'finetune'",
+                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_time"), key=lambda m: m.step)]
 
 
 def flow(cfg: dict, out: Path) -> dict:
@@ -113,7 +135,8 @@ def flow(cfg: dict, out: Path) -> dict:
         noop()
     with Timer() as t:
         teacher = finetune_only(cfg)
-    return {"seconds": t.seconds, "startup_seconds": startup.seconds, "val_acc": teacher["val_acc"]}
+    return {"seconds": t.seconds, "startup_seconds": startup.seconds, "val_acc": teacher["val_acc"],
+            "epoch_times": finetune_epoch_times(cfg["tracking"]["uri"])}
 
 
 VARIANTS = {"bare": bare, "task": task, "flow": flow}
@@ -142,17 +165,29 @@ def main() -> None:
             if proc.returncode or not lines:
                 sys.exit(f"overhead {variant} failed:\n{proc.stderr[-3000:]}")
             runs[variant].append(json.loads(lines[-1][7:]))
+    workload = {"model": "resnet18", "classes": 10, "train_images": 10 * PER_CLASS, "val_images": 500,
+                "epochs": EPOCHS, "batch_size": BATCH, "rounds": ROUNDS}
+    save("overhead", summarise(runs, workload))
+
+
+def summarise(runs: dict[str, list[dict]], workload: dict) -> dict:
     med = {v: statistics.median(r["seconds"] for r in rs) for v, rs in runs.items()}
     best = {v: min(r["seconds"] for r in rs) for v, rs in runs.items()}
-    save("overhead", {
-        "workload": {"model": "resnet18", "classes": 10, "train_images": 10 * PER_CLASS, "val_images": 500,
-                     "epochs": EPOCHS, "batch_size": BATCH, "rounds": ROUNDS},
-        "runs": runs, "median_seconds": med, "min_seconds": best,
+    # Side by side: each round's variant over that round's bare loop, then the median over rounds.
+    round_ratios = {v: [r["seconds"] / b["seconds"] for r, b in zip(runs[v], runs["bare"])] for v in ("task", "flow")}
+    train = {v: [sum(r["epoch_times"]) for r in rs] for v, rs in runs.items()}
+    outside = {v: [r["seconds"] - t for r, t in zip(rs, train[v])] for v, rs in runs.items()}
+    return {
+        "workload": workload, "runs": runs, "median_seconds": med, "min_seconds": best,
+        "round_ratios": round_ratios,
+        "ratio_task_over_bare": statistics.median(round_ratios["task"]),
+        "ratio_flow_over_bare": statistics.median(round_ratios["flow"]),
         "min_ratio_task_over_bare": best["task"] / best["bare"], "min_ratio_flow_over_bare": best["flow"] / best["bare"],
-        "ratio_task_over_bare": med["task"] / med["bare"], "ratio_flow_over_bare": med["flow"] / med["bare"],
+        "train_ratio": {v: statistics.median(t / b for t, b in zip(train[v], train["bare"])) for v in ("task", "flow")},
+        "outside_training_seconds": {v: statistics.median(x) for v, x in outside.items()},
         "prefect_startup_seconds": [r["startup_seconds"] for r in runs["flow"]],
         "command": "python bench/overhead.py",
-    })
+    }
 
 
 if __name__ == "__main__":

@@ -84,9 +84,22 @@ def section_overhead(r: dict) -> list[str]:
         "",
         f"- Goal (b)/(a) <= 1.05: {goal(r['ratio_task_over_bare'] <= 1.05)}; (c)/(a) <= 1.05: "
         f"{goal(r['ratio_flow_over_bare'] <= 1.05)}.",
+        *_overhead_split(r),
         "- Fixed Prefect start-up, not in (c): " + ", ".join(f"{s:.1f} s" for s in r["prefect_startup_seconds"])
         + " (first: a new Prefect home with database migrations; later: the same home). A deployment's worker "
           "pays it once, not per flow run.", ""]
+
+
+def _overhead_split(r: dict) -> list[str]:
+    """Where the extra time goes: inside the epochs (training) or around them (once per run)."""
+    if "train_ratio" not in r:
+        return []
+    ratios = ", ".join(f"{v} " + " ".join(f"{x:.3f}" for x in xs) for v, xs in r["round_ratios"].items())
+    out = r["outside_training_seconds"]
+    return [f"- Ratios round by round (each over the bare loop of the same round): {ratios}.",
+            f"- Training epochs alone, median ratio to (a): (b) {r['train_ratio']['task']:.3f}, "
+            f"(c) {r['train_ratio']['flow']:.3f}. Time outside the epochs (loading, validation, files, MLflow "
+            f"records, figure), median: (a) {out['bare']:.1f} s, (b) {out['task']:.1f} s, (c) {out['flow']:.1f} s."]
 
 
 def section_datapath(r: dict) -> list[str]:

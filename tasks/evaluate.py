@@ -31,7 +31,7 @@ def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
                         repeats=settings.latency_repeats)
         costs["size_bytes"] = os.path.getsize(ref["path"])  # the model file as shipped
         rows.append({"candidate": name, "accuracy": metrics["accuracy"], **costs, "sha256": ref["sha256"],
-                     "path": ref["path"], "stage_run_id": ref["run_id"]})
+                     "path": ref["path"], "stage_run_id": ref["run_id"], "source_sha256": ref.get("source_sha256")})
         run.log_metrics({f"class_{i}": acc for i, acc in enumerate(metrics["per_class_accuracy"])},
                         prefix=f"{name}.per_class.")
         fig = plots.confusion_matrix(metrics["confusion"], bundle.classes, f"{name}: test accuracy {metrics['accuracy']:.4f}")

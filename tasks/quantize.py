@@ -47,5 +47,6 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
                         mode, 100 * drop, 100 * settings.max_accuracy_drop)
             run.set_tags({f"{mode}.rejected": f"val accuracy drop {drop:.4f} > {settings.max_accuracy_drop}"})
             continue
-        result[mode] = save_candidate(run, quantized, workdir, f"quantized_{mode}", bundle, val_acc=acc)
+        result[mode] = save_candidate(run, quantized, workdir, f"quantized_{mode}", bundle, val_acc=acc,
+                                      source_sha256=model["sha256"])
     return result

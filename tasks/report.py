@@ -33,6 +33,24 @@ def kd_gain(rows: list[dict]) -> float | None:
     return None
 
 
+def speed_notes(rows: list[dict]) -> list[str]:
+    """One measured sentence per quantized candidate: faster than the float model it came from, or not."""
+    by_sha = {r["sha256"]: r for r in rows}
+    notes = []
+    for row in rows:
+        source = by_sha.get(row.get("source_sha256"))
+        if source is None:
+            continue
+        ratio = row["throughput_ips"] / source["throughput_ips"]
+        quicker = row["latency_p50_ms"] < source["latency_p50_ms"]
+        verdict = {(True, True): "faster", (True, False): "faster in throughput, not faster at batch 1",
+                   (False, True): "faster at batch 1, not in throughput", (False, False): "not faster"}[(ratio > 1, quicker)]
+        notes.append(f"{row['candidate']} against {source['candidate']} (the float model it was made from): "
+                     f"{verdict} on this CPU; throughput {ratio:.2f}x, latency p50 {row['latency_p50_ms']:.2f} "
+                     f"vs {source['latency_p50_ms']:.2f} ms, file {source['size_bytes'] / row['size_bytes']:.1f}x smaller.")
+    return notes
+
+
 def markdown(df: pd.DataFrame) -> str:
     shown = df.drop(columns=["sha256", "path"], errors="ignore")
     for col in ("accuracy", "accuracy_drop"):
@@ -51,6 +69,9 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
     """Logged to the report's own run and to the pipeline run, where the MLflow UI shows it first."""
     df = comparison_table(rows)
     text = markdown(df)
+    notes = speed_notes(rows)
+    if notes:
+        text += "\n\n" + "\n".join(f"- {n}" for n in notes)
     summary = {f"{r['candidate']}.accuracy": r["accuracy"] for r in rows}
     gain = kd_gain(rows)
     if gain is not None:

@@ -100,6 +100,7 @@ def test_onnx_exports_agree_with_pytorch(first_run, store):
     rows = {r["candidate"]: r for r in first_run["table"]}
     assert rows["pruned"]["onnx_latency_p50_ms"] > 0 and "onnx_latency_p50_ms" in rows["teacher"]
     assert "| onnx_latency_p50_ms" in first_run["markdown"]
+    assert "- quantized_static against pruned (the float model it was made from): " in first_run["markdown"]
 
 
 def test_registered_model_reproduces_its_accuracy(first_run, store):

@@ -71,3 +71,19 @@ def test_bad_quantization_settings_fail_clearly(trained, tmp_path):
     with pytest.raises(CompressionError, match="quantized models cannot be exported to ONNX"):
         export_onnx(q, example, tmp_path / "q.onnx")
     assert "x86" in supported_backends()
+
+
+@pytest.mark.parametrize("throughput, latency, verdict", [
+    (900.0, 0.8, "faster"), (400.0, 1.4, "not faster"),
+    (900.0, 1.4, "faster in throughput, not faster at batch 1"), (400.0, 0.8, "faster at batch 1, not in throughput")])
+def test_report_says_whether_the_int8_model_is_faster_than_its_float_source(throughput, latency, verdict):
+    from tasks.report import speed_notes
+
+    rows = [{"candidate": "teacher", "sha256": "t", "throughput_ips": 100.0, "latency_p50_ms": 9.0, "size_bytes": 40},
+            {"candidate": "pruned", "sha256": "p", "throughput_ips": 500.0, "latency_p50_ms": 1.0, "size_bytes": 40,
+             "source_sha256": None},
+            {"candidate": "quantized_static", "sha256": "q", "source_sha256": "p", "throughput_ips": throughput,
+             "latency_p50_ms": latency, "size_bytes": 10}]
+    [note] = speed_notes(rows)
+    assert note.startswith(f"quantized_static against pruned (the float model it was made from): {verdict} on this CPU;")
+    assert f"throughput {throughput / 500:.2f}x" in note and "file 4.0x smaller" in note
