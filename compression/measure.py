@@ -74,9 +74,14 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
-def timed_calls(call, single, batch, warmup: int = 5, repeats: int = 30, throughput_repeats: int = 5) -> dict:
+def timed_calls(call, single, batch, warmup: int = 5, repeats: int = 30, throughput_repeats: int = 5,
+                min_seconds: float = 0.25) -> dict:
     """Batch-1 latency percentiles (ms) of `call(single)` and throughput (images/s) of `call(batch)`,
-    after warm-up. Any runtime: PyTorch here, onnxruntime in compression.export."""
+    after warm-up. Any runtime: PyTorch here, onnxruntime in compression.export.
+
+    Throughput is the batch size over the median batch time, with batches timed for at least
+    `throughput_repeats` calls and `min_seconds`: a total over a few calls let one stall of a shared CPU
+    move a small model's figure by half."""
     for _ in range(warmup):
         call(single)
     times = []
@@ -84,13 +89,16 @@ def timed_calls(call, single, batch, warmup: int = 5, repeats: int = 30, through
         t = time.perf_counter()
         call(single)
         times.append((time.perf_counter() - t) * 1000)
-    call(batch)
-    t = time.perf_counter()
-    for _ in range(throughput_repeats):
+    for _ in range(2):
         call(batch)
-    throughput = len(batch) * throughput_repeats / (time.perf_counter() - t)
+    batch_times, start = [], time.perf_counter()
+    while len(batch_times) < throughput_repeats or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        call(batch)
+        batch_times.append(time.perf_counter() - t)
     q = statistics.quantiles(times, n=20)
-    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": q[18], "throughput_ips": throughput}
+    return {"latency_p50_ms": statistics.median(times), "latency_p95_ms": q[18],
+            "throughput_ips": len(batch) / statistics.median(batch_times)}
 
 
 def latency_inputs(example: torch.Tensor, throughput_batch: int) -> tuple[torch.Tensor, torch.Tensor]:

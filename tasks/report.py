@@ -33,6 +33,11 @@ def kd_gain(rows: list[dict]) -> float | None:
     return None
 
 
+def _speed_word(gain: float) -> str:
+    """Within 10% either way is what two identical models differ by on a shared CPU, not a speed-up."""
+    return "faster" if gain > 1.1 else "slower" if gain < 1 / 1.1 else "about as fast"
+
+
 def speed_notes(rows: list[dict]) -> list[str]:
     """One measured sentence per quantized candidate: faster than the float model it came from, or not."""
     by_sha = {r["sha256"]: r for r in rows}
@@ -41,13 +46,14 @@ def speed_notes(rows: list[dict]) -> list[str]:
         source = by_sha.get(row.get("source_sha256"))
         if source is None:
             continue
-        ratio = row["throughput_ips"] / source["throughput_ips"]
-        quicker = row["latency_p50_ms"] < source["latency_p50_ms"]
-        verdict = {(True, True): "faster", (True, False): "faster in throughput, not faster at batch 1",
-                   (False, True): "faster at batch 1, not in throughput", (False, False): "not faster"}[(ratio > 1, quicker)]
+        throughput = row["throughput_ips"] / source["throughput_ips"]
+        latency = source["latency_p50_ms"] / row["latency_p50_ms"]
+        smaller = source["size_bytes"] / row["size_bytes"]
+        size = f"file {smaller:.1f}x smaller" if smaller >= 1.05 else "file about the same size"
         notes.append(f"{row['candidate']} against {source['candidate']} (the float model it was made from): "
-                     f"{verdict} on this CPU; throughput {ratio:.2f}x, latency p50 {row['latency_p50_ms']:.2f} "
-                     f"vs {source['latency_p50_ms']:.2f} ms, file {source['size_bytes'] / row['size_bytes']:.1f}x smaller.")
+                     f"{_speed_word(latency)} at batch 1, {_speed_word(throughput)} in throughput on this CPU; "
+                     f"throughput {throughput:.2f}x, latency p50 {row['latency_p50_ms']:.2f} vs "
+                     f"{source['latency_p50_ms']:.2f} ms, {size}.")
     return notes
 
 

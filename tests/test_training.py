@@ -3,7 +3,7 @@ import torch
 
 from compression import CompressionError
 from compression.data import Batches, load_dataset
-from compression.measure import evaluate_classifier, profile
+from compression.measure import evaluate_classifier, profile, timed_calls
 from compression.models import build_model
 from compression.training import TrainConfig, fit, seed_everything
 from compression.transfer import freeze_backbone_for, transfer_param_groups
@@ -135,6 +135,21 @@ def test_profile_reports_costs():
     assert 30e6 < figures["macs"] < 40e6  # ~34M MACs for resnet18 at 28x28
     assert figures["size_bytes"] > 4 * 11_000_000
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"] and figures["throughput_ips"] > 0
+
+
+def test_throughput_is_the_median_batch_over_at_least_the_minimum_time():
+    batch_sizes = []
+
+    def call(x):
+        batch_sizes.append(len(x))
+        return x.sum()
+
+    figures = timed_calls(call, torch.ones(1, 4), torch.ones(16, 4), warmup=1, repeats=3, throughput_repeats=4,
+                          min_seconds=0.05)
+    timed = batch_sizes.count(16) - 2  # two warm-up calls at the batch size
+    assert timed >= 4 and figures["throughput_ips"] > 0
+    # A call of this size takes microseconds, so reaching 0.05 s takes far more than the 4 required calls.
+    assert timed > 40
 
 
 def test_confusion_and_per_class_accuracy():
