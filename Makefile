@@ -51,7 +51,7 @@ deploy: $(STAMP)
 serve: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
-# Every benchmark (about 55 min on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
+# Every benchmark (about 70 min on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
 bench: $(STAMP) data
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/datapath.py

@@ -115,6 +115,11 @@ def section_datapath(r: dict) -> list[str]:
         table(r["training"], [("loader", "loader", ""), ("images_per_s", "training images/s", "{:.0f}")]), ""]
 
 
+def int8_verdicts(run: dict) -> list[str]:
+    """The pipeline report's own lines on whether each int8 model beat its float source."""
+    return [line for line in run["markdown"].splitlines() if line.startswith("- quantized_")]
+
+
 def section_compression(r: dict) -> list[str]:
     runs = r["runs"]
     out = ["## 3. Compression results", ""]
@@ -123,7 +128,7 @@ def section_compression(r: dict) -> list[str]:
             f"`configs/quickstart.yaml` after `configs/pretrain.yaml` (pretrain {runs['pretrain']['seconds'] / 60:.1f} min "
             f"including Prefect's start-up, quickstart {demo['seconds'] / 60:.1f} min). Ratios against the fine-tuned "
             "teacher; latency and throughput on 1 thread.", "", candidates(demo["table"]), ""]
-    out += compression_goals(demo["table"], demo["kd_gain"])
+    out += compression_goals(demo["table"], demo["kd_gain"]) + int8_verdicts(demo)
     if demo.get("registered"):
         reg = demo["registered"]
         out += [f"- Registered: `{reg['candidate']}` as `{reg['uri']}` (objective: smallest file within 1 point)."]
@@ -131,7 +136,7 @@ def section_compression(r: dict) -> list[str]:
     out += ["", "### All ten classes, full 10,000-image test set", "",
             f"`configs/fmnist10.yaml` ({full['seconds'] / 60:.1f} min): 1,000 labelled + 300 unlabelled training "
             "images per class; the teacher starts from the demo's upstream model.", "", candidates(full["table"]), ""]
-    out += compression_goals(full["table"], full["kd_gain"])
+    out += compression_goals(full["table"], full["kd_gain"]) + int8_verdicts(full)
     teacher = next(x for x in full["table"] if x["candidate"] == "teacher")
     extra = []
     for ratio in r["extra_ratios"]:
