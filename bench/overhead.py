@@ -83,19 +83,11 @@ def task(cfg: dict, out: Path) -> dict:
     pc = config_from_dict(cfg)
     make_client(pc.tracking.uri)  # a new sqlite store is created and migrated once; not part of the work
     with Timer() as t:
-        phases = {}
         with pipeline_run(pc.tracking.uri, "overhead", "task", {}, {}) as (ctx, _):
-            with Timer() as p:
-                data = load_data.fn(pc, ctx)
-            phases["load_data"] = p.seconds
-            with Timer() as p:
-                base = fetch_pretrained.fn(pc, ctx, data)
-            phases["fetch"] = p.seconds
-            with Timer() as p:
-                teacher = finetune.fn(pc, ctx, data=data, base=base)
-            phases["finetune"] = p.seconds
-    return {"seconds": t.seconds, "val_acc": teacher["val_acc"], "phases": phases,
-            "epoch_times": finetune_epoch_times(pc.tracking.uri)}
+            data = load_data.fn(pc, ctx)
+            base = fetch_pretrained.fn(pc, ctx, data)
+            teacher = finetune.fn(pc, ctx, data=data, base=base)
+    return {"seconds": t.seconds, "val_acc": teacher["val_acc"], "epoch_times": finetune_epoch_times(pc.tracking.uri)}
 
 
 def finetune_epoch_times(uri: str) -> list[float]:
