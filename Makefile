@@ -37,15 +37,16 @@ server: $(STAMP)
 server-stop:
 	deployments/stack.sh stop
 
-# A process worker in the foreground, for the pool the deployments use.
+# A process worker in the foreground, for the pool the deployments use (created if missing).
 worker: $(STAMP)
-	eval "$$(deployments/stack.sh env)" && \
-	  ($(BIN)/prefect work-pool inspect shrinkflow-process >/dev/null 2>&1 || $(BIN)/prefect work-pool create shrinkflow-process --type process) && \
+	eval "$$(deployments/stack.sh env)" && deployments/stack.sh pool && \
 	  $(BIN)/prefect worker start --pool shrinkflow-process
 
+# The work pool (created if missing) and the process-pool deployments of deployments/prefect.yaml.
 deploy: $(STAMP)
-	eval "$$(deployments/stack.sh env)" && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect --no-prompt deploy \
-	  --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand --name pretrain/on-demand
+	eval "$$(deployments/stack.sh env)" && deployments/stack.sh pool && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect \
+	  --no-prompt deploy --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand \
+	  --name pretrain/on-demand
 
 # Every deployment served from one process, no work pool (development).
 serve: $(STAMP)

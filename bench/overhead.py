@@ -85,7 +85,7 @@ def task(cfg: dict, out: Path) -> dict:
     with Timer() as t:
         with pipeline_run(pc.tracking.uri, "overhead", "task", {}, {}) as (ctx, _):
             data = load_data.fn(pc, ctx)
-            base = fetch_pretrained.fn(pc, ctx, data)
+            base = fetch_pretrained.fn(pc, ctx, data=data)
             teacher = finetune.fn(pc, ctx, data=data, base=base)
     return {"seconds": t.seconds, "val_acc": teacher["val_acc"], "epoch_times": finetune_epoch_times(pc.tracking.uri)}
 
@@ -107,6 +107,7 @@ def flow(cfg: dict, out: Path) -> dict:
     from flows.pipeline import tracked_pipeline
     from tasks.config import config_from_dict
     from tasks.data import load_data
+    from tasks.fetch import fetch_pretrained
     from tasks.finetune import finetune
     from tasks.tracking import make_client
 
@@ -121,7 +122,7 @@ def flow(cfg: dict, out: Path) -> dict:
         pc = config_from_dict(raw)
         with tracked_pipeline(pc, "overhead") as run:
             data = run(load_data)
-            return run(finetune, data=data, base=run.fetch(data))
+            return run(finetune, data=data, base=run(fetch_pretrained, data=data))
 
     with Timer() as startup:
         noop()

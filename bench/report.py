@@ -205,7 +205,7 @@ def section_cache(r: dict) -> list[str]:
 def section_startup(r: dict) -> list[str]:
     rows = [{"what": "`python -c pass` (interpreter alone)", "s": r["python_start_s"]},
             {"what": "`shrinkflow --help`", "s": r["cli_help_s"]},
-            {"what": "`python -c 'import flows.cli'`", "s": r["import_flows_cli_s"]},
+            {"what": "`python -c 'import cli.main'`", "s": r["import_flows_cli_s"]},
             {"what": "`shrinkflow run configs/smoke.yaml`: to the pipeline's MLflow run, new Prefect home", "s": r["cold"]["to_pipeline_run_s"]},
             {"what": "... to the first task (load_data), new Prefect home", "s": r["cold"]["to_first_task_s"]},
             {"what": "... to the pipeline's MLflow run, same Prefect home", "s": r["warm"]["to_pipeline_run_s"]},

@@ -1,4 +1,4 @@
-"""Start-up: import time of the CLI (`shrinkflow --help`, and `import flows.cli`), and the time from
+"""Start-up: import time of the CLI (`shrinkflow --help`, and `import cli.main`), and the time from
 launching `shrinkflow run configs/smoke.yaml` to its first task starting (the load_data child run's start
 time in MLflow), with a new Prefect home (cold: database migrations) and again with the same one (warm).
 """
@@ -53,7 +53,7 @@ def main() -> None:
     uri = f"sqlite:///{WORK / 'startup' / 'mlflow.db'}"
     say("start-up: CLI import")
     help_s = [timed([str(Path(PYTHON).parent / "shrinkflow"), "--help"], env) for _ in range(REPEATS)]
-    import_s = [timed([PYTHON, "-c", "import flows.cli"], env) for _ in range(REPEATS)]
+    import_s = [timed([PYTHON, "-c", "import cli.main"], env) for _ in range(REPEATS)]
     bare_s = [timed([PYTHON, "-c", "pass"], env) for _ in range(REPEATS)]
     say("start-up: first task, new Prefect home")
     cold = first_task(env, uri, "startup-cold")

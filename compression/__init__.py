@@ -1,7 +1,22 @@
-"""Pure PyTorch core of shrinkflow: data, models, training, distillation, trimming, pruning, measurement.
+"""Pure PyTorch core of shrinkflow. Nothing in this package imports prefect or mlflow; the orchestration and
+tracking layers live in `tasks/` and `flows/`.
 
-Nothing in this package imports prefect or mlflow; the orchestration and tracking layers live in
-`tasks/` and `flows/`.
+Modules:
+- `data`: datasets as in-memory uint8 tensors, seeded splits, fast batches, `to_model_input` normalisation.
+- `models`: torchvision classifiers adapted to channels, input size and classes; the `shrinkflow_spec`
+  helpers (`model_spec`, `example_input`, `quantization_info`, ...) and `count_params`.
+- `training`: the one train/evaluate engine (`fit`, `train_one_epoch`), seeded and resumable.
+- `transfer`: head-first fine-tuning of a pretrained model.
+- `distillation`: knowledge distillation loss (Hinton et al., 2015).
+- `trimming`: depth trimming, dropping whole residual blocks.
+- `pruning`: unstructured magnitude pruning and structured channel pruning (Torch-Pruning).
+- `quantization`: post-training int8 (static and dynamic) for CPU.
+- `export`: ONNX export, parity with PyTorch and onnxruntime speed.
+- `measure`: accuracy, parameters, MACs, size and CPU speed, interleaved timing rounds.
+- `comparison`: candidates against each other: ratios to the teacher, KD gain, int8 speed verdicts.
+- `selection`: which candidate to register, by accuracy budget and cost objective.
+- `checkpoint`: the model file (spec + tensors, loadable with weights_only) and its sha256.
+- `fileio`: atomic file writes.
 """
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from compression import CompressionError
-from compression.models import build_model, layer_sizes
+from compression.fileio import torch_save_atomic
+from compression.models import build_model, layer_sizes, require_spec
 from compression.quantization import is_quantized, set_engine, skeleton
 from compression.trimming import apply_trim
 
@@ -51,20 +52,14 @@ def _portable_state(model: nn.Module) -> OrderedDict:
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> str:
     """Write the model file atomically; returns its sha256."""
-    if not hasattr(model, "shrinkflow_spec"):
-        raise CompressionError("model has no shrinkflow_spec; build it with compression.models.build_model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
-        "spec": dict(model.shrinkflow_spec),
+        "spec": dict(require_spec(model)),
         "layer_sizes": layer_sizes(model) if not is_quantized(model) else {},
         "state_dict": _portable_state(model),
         "meta": meta or {},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    torch_save_atomic(payload, path)
     return file_sha256(path)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -366,6 +367,33 @@ def load_dataset(
     return bundle
 
 
+# ---------------------------------------------------------------- model input
+
+def _per_channel(values: Sequence[float], channels: int) -> torch.Tensor:
+    stats = torch.as_tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+    # Grey statistics for colour images or vice versa: one averaged value for every channel.
+    return stats if stats.shape[1] == channels else stats.mean().view(1, 1, 1, 1)
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   channels: int | None = None) -> torch.Tensor:
+    """Images [N, C, H, W], uint8 (0-255) or float scaled to [0, 1], as a model's float input.
+
+    Normalised with the dataset's per-channel `mean` and `std` (0-1 pixel scale; None for both: left in
+    [0, 1], the input the registered model takes), then grey images are repeated over the model's
+    `channels` (None: as many as the images have).
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    c = x.shape[1]
+    if mean is not None or std is not None:
+        x = (x - _per_channel(mean, c)) / _per_channel(std, c)
+    if channels and channels != c:
+        if c != 1:
+            raise CompressionError(f"images have {c} channels, the model expects {channels}")
+        x = x.expand(-1, channels, -1, -1)
+    return x
+
+
 # ---------------------------------------------------------------- batching
 
 class Batches:
@@ -390,12 +418,7 @@ class Batches:
         self.channels = channels or c
         if self.channels != c and c != 1:
             raise CompressionError(f"data has {c} channels, the model expects {self.channels}")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        if self.mean.shape[1] != c:
-            # Grey statistics for colour input or vice versa: average them to one value per channel.
-            self.mean = self.mean.mean().view(1, 1, 1, 1)
-            self.std = self.std.mean().view(1, 1, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -417,10 +440,7 @@ class Batches:
         return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
-        if x.shape[1] != self.channels:
-            x = x.expand(-1, self.channels, -1, -1)
-        return x
+        return to_model_input(images, self.mean, self.std, self.channels)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

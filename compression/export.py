@@ -16,19 +16,18 @@ import torch
 from torch import nn
 
 from compression import CompressionError
+from compression.fileio import atomic_write
 from compression.measure import latency_inputs, timed_calls
+from compression.models import quantization_info
 
 log = logging.getLogger("shrinkflow")
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 18) -> Path:
     """Write `model` as ONNX with a dynamic batch dimension (atomically: a failed export leaves no file)."""
-    if getattr(model, "shrinkflow_spec", {}).get("quantization"):
+    if quantization_info(model):
         raise CompressionError("quantized models cannot be exported to ONNX here (torch.export does not trace "
                                "torch.ao int8 ops); export the float model")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), torch.no_grad():
@@ -38,9 +37,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
         program = torch.onnx.export(model, (example[:1].cpu(),), dynamo=True, opset_version=opset,
                                     dynamic_shapes=({0: batch},), input_names=["images"], output_names=["logits"],
                                     verbose=False, report=False)
-        program.save(str(tmp), external_data=False)
-    os.replace(tmp, path)
-    return path
+        atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
+    return Path(path)
 
 
 def session(path: str | os.PathLike, threads: int = 1):
@@ -66,6 +64,8 @@ def parity(model: nn.Module, sess, images: torch.Tensor) -> dict:
             "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
 
 
-def onnx_latency(sess, example: torch.Tensor, repeats: int = 30, throughput_batch: int = 64) -> dict:
+def onnx_latency(sess, example: torch.Tensor, repeats: int = 30, throughput_batch: int = 64,
+                 min_seconds: float = 0.25) -> dict:
     """onnxruntime speed measured as measure.cpu_latency measures PyTorch (threads are set on the session)."""
-    return timed_calls(lambda x: run_onnx(sess, x), *latency_inputs(example, throughput_batch), repeats=repeats)
+    return timed_calls(lambda x: run_onnx(sess, x), *latency_inputs(example, throughput_batch), repeats=repeats,
+                       min_seconds=min_seconds)

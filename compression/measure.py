@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from compression.data import Batches
+from compression.models import count_params, quantization_info
 from compression.training import predict
 
 
@@ -30,14 +31,10 @@ def evaluate_classifier(model: nn.Module, batches: Batches) -> dict:
     return classification_metrics(logits, labels, logits.shape[1])
 
 
-def _quantization(model: nn.Module) -> dict | None:
-    return getattr(model, "shrinkflow_spec", {}).get("quantization")
-
-
 def count_nonzero_params(model: nn.Module) -> tuple[int, int]:
-    if q := _quantization(model):  # int8 weights live in packed params, not in parameters()
+    if q := quantization_info(model):  # int8 weights live in packed params, not in parameters()
         return q["float_params"], q["float_nonzero_params"]
-    total = sum(p.numel() for p in model.parameters())
+    total = count_params(model)
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return total, nonzero
 
@@ -46,7 +43,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass over `example` (FLOPs / 2), every aten op counted.
 
     A quantized model reports the MACs its float original was measured at (the same arithmetic in int8)."""
-    if q := _quantization(model):
+    if q := quantization_info(model):
         return q["float_macs"] * example.shape[0]
     was_training = model.training
     model.eval()
@@ -108,16 +105,43 @@ def latency_inputs(example: torch.Tensor, throughput_batch: int) -> tuple[torch.
 
 @torch.no_grad()
 def cpu_latency(model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 5,
-                repeats: int = 30, throughput_batch: int = 64, throughput_repeats: int = 5) -> dict:
+                repeats: int = 30, throughput_batch: int = 64, throughput_repeats: int = 5,
+                min_seconds: float = 0.25) -> dict:
     """PyTorch CPU speed with a fixed thread count (see timed_calls)."""
     model = model.eval().cpu()
     with torch_threads(threads):
-        timings = timed_calls(model, *latency_inputs(example, throughput_batch), warmup, repeats, throughput_repeats)
+        timings = timed_calls(model, *latency_inputs(example, throughput_batch), warmup, repeats, throughput_repeats,
+                              min_seconds)
     return {**timings, "threads": threads}
 
 
-def profile(model: nn.Module, example: torch.Tensor, threads: int = 1, repeats: int = 30) -> dict:
-    """Cost figures of a model: params (total, non-zero), MACs, serialized size and CPU speed."""
+SPEED_KEYS = ("latency_p50_ms", "latency_p95_ms", "throughput_ips")
+
+
+def median_speed(samples: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per model, the median of each speed figure over its rounds."""
+    return {name: {key: statistics.median(s[key] for s in rounds) for key in SPEED_KEYS}
+            for name, rounds in samples.items()}
+
+
+def interleaved_speed(models: dict[str, nn.Module], examples: dict[str, torch.Tensor], rounds: int,
+                      measured: dict[str, dict] | None = None, **timing) -> dict[str, dict]:
+    """CPU speed of every model as its median over `rounds` rounds in which the models take turns: a slow
+    patch of a shared machine then hits all of them alike instead of one of them.
+
+    `measured` holds figures already taken for every model (e.g. by profile); they count as the first round.
+    `timing` goes to cpu_latency (threads, repeats, ...).
+    """
+    samples = {name: [measured[name]] if measured else [] for name in models}
+    for _ in range(rounds - (1 if measured else 0)):
+        for name, model in models.items():
+            samples[name].append(cpu_latency(model, examples[name], **timing))
+    return median_speed(samples)
+
+
+def profile(model: nn.Module, example: torch.Tensor, threads: int = 1, **timing) -> dict:
+    """Cost figures of a model: params (total, non-zero), MACs, serialized size and CPU speed (`timing` goes
+    to cpu_latency: repeats, throughput_batch, min_seconds)."""
     total, nonzero = count_nonzero_params(model)
     return {"params": total, "nonzero_params": nonzero, "macs": count_macs(model, example[:1]),
-            "size_bytes": serialized_size(model), **cpu_latency(model, example, threads, repeats=repeats)}
+            "size_bytes": serialized_size(model), **cpu_latency(model, example, threads, **timing)}

@@ -15,6 +15,47 @@ import torchvision
 from compression import CompressionError
 
 
+# ---------------------------------------------------------------- the spec
+
+def model_spec(model: nn.Module) -> dict:
+    """The model's `shrinkflow_spec`; {} for a model that build_model did not make."""
+    return getattr(model, "shrinkflow_spec", {})
+
+
+def require_spec(model: nn.Module) -> dict:
+    if not hasattr(model, "shrinkflow_spec"):
+        raise CompressionError("model has no shrinkflow_spec; build it with compression.models.build_model")
+    return model.shrinkflow_spec
+
+
+def update_spec(model: nn.Module, **changes) -> None:
+    """Record architecture changes in the spec of a model that has one."""
+    if hasattr(model, "shrinkflow_spec"):
+        model.shrinkflow_spec.update(changes)
+
+
+def arch_name(model: nn.Module) -> str:
+    return model_spec(model).get("arch", type(model).__name__)
+
+
+def input_channels(model: nn.Module) -> int:
+    return require_spec(model)["in_channels"]
+
+
+def quantization_info(model: nn.Module) -> dict | None:
+    """How an int8 model was made (mode, backend, float layout and costs); None for a float model."""
+    return model_spec(model).get("quantization")
+
+
+def example_input(model: nn.Module, batch: int = 1, size: int | None = None) -> torch.Tensor:
+    """Zeros shaped like the model's input: [batch, channels, size, size], size defaulting to the spec's."""
+    spec = require_spec(model)
+    size = size or spec["input_size"]
+    return torch.zeros(batch, spec["in_channels"], size, size)
+
+
+# ---------------------------------------------------------------- building
+
 def list_architectures() -> list[str]:
     """Names of torchvision's image classification models."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -63,8 +104,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
         return model
     parent, leaf = _parent(model, name)
     setattr(parent, leaf, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
-    if hasattr(model, "shrinkflow_spec"):
-        model.shrinkflow_spec["num_classes"] = num_classes
+    update_spec(model, num_classes=num_classes)
     return model
 
 
@@ -72,8 +112,7 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Swap the stem convolution for one taking `in_channels`; pretrained RGB filters are summed for grey input."""
     name = first_conv_name(model)
     old: nn.Conv2d = model.get_submodule(name)
-    if hasattr(model, "shrinkflow_spec"):
-        model.shrinkflow_spec["in_channels"] = in_channels
+    update_spec(model, in_channels=in_channels)
     if old.in_channels == in_channels:
         return model
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
@@ -91,12 +130,12 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
-def _forward_ok(model: nn.Module, in_channels: int, size: int) -> bool:
+def _forward_ok(model: nn.Module, size: int) -> bool:
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, in_channels, size, size))
+            model(example_input(model, size=size))
         return True
     except RuntimeError:
         return False
@@ -122,10 +161,11 @@ def _shrink_stem(model: nn.Module, arch: str) -> bool:
     return False
 
 
-def adapt_small_input(model: nn.Module, arch: str, in_channels: int, size: int) -> list[str]:
+def adapt_small_input(model: nn.Module, size: int) -> list[str]:
     """Make the model accept size x size input, changing as little as possible; returns what was changed."""
+    arch = arch_name(model)
     changes = []
-    while not _forward_ok(model, in_channels, size):
+    while not _forward_ok(model, size):
         if not _shrink_stem(model, arch):
             raise CompressionError(f"architecture {arch} cannot take {size}x{size} input")
         changes.append("shrink-stem")
@@ -152,9 +192,7 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
         model = torchvision.models.get_model(arch, weights=resolved)
     else:
         model = torchvision.models.get_model(arch)
-    replace_head(model, num_classes)
-    adapt_input_channels(model, in_channels)
-    adapt_small_input(model, arch, in_channels, input_size)
+    # The spec goes on first: the adaptations below keep it current and read it.
     model.shrinkflow_spec = {
         "arch": arch,
         "num_classes": num_classes,
@@ -162,10 +200,14 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
         "input_size": input_size,
         "trim": None,
     }
+    replace_head(model, num_classes)
+    adapt_input_channels(model, in_channels)
+    adapt_small_input(model, input_size)
     return model
 
 
 def count_params(model: nn.Module) -> int:
+    """Weights and biases of the float model (int8 modules keep theirs in packed params, not counted here)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -12,7 +12,7 @@ import torch_pruning as tp
 
 from compression import CompressionError
 from compression.measure import count_nonzero_params
-from compression.models import head
+from compression.models import count_params, head, update_spec
 
 
 def _check_ratio(ratio: float) -> None:
@@ -72,7 +72,7 @@ def prune_structured(
         raise CompressionError(f"iterative_steps must be >= 1, got {iterative_steps}")
     if importance == "taylor" and gradient_batches is None:
         raise CompressionError("taylor importance needs gradient batches")
-    before = sum(p.numel() for p in model.parameters())
+    before = count_params(model)
     was_training = model.training
     model.eval()
     with torch.enable_grad():
@@ -92,7 +92,6 @@ def prune_structured(
                 after_step(step, model)
                 model.eval()
     model.train(was_training)
-    after = sum(p.numel() for p in model.parameters())
-    if hasattr(model, "shrinkflow_spec"):
-        model.shrinkflow_spec["pruned"] = True
+    after = count_params(model)
+    update_spec(model, pruned=True)
     return {"params_before": before, "params_after": after, "param_ratio": before / after}

@@ -25,7 +25,7 @@ from torch import nn
 
 from compression import CompressionError
 from compression.measure import count_macs, count_nonzero_params
-from compression.models import layer_sizes
+from compression.models import example_input, layer_sizes, quantization_info, require_spec
 
 MODES = ("static", "dynamic")
 
@@ -51,7 +51,7 @@ def check_settings(mode: str, backend: str) -> None:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(model, "shrinkflow_spec", {}).get("quantization"))
+    return bool(quantization_info(model))
 
 
 def _float_layout(model: nn.Module) -> dict:
@@ -85,8 +85,7 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
     inside quantized ops.
     """
     check_settings(mode, backend)
-    if not hasattr(model, "shrinkflow_spec"):
-        raise CompressionError("model has no shrinkflow_spec; build it with compression.models.build_model")
+    spec = dict(require_spec(model))
     if is_quantized(model):
         raise CompressionError("model is already quantized")
     if mode == "static":
@@ -97,7 +96,6 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
     macs = count_macs(model, example[:1])
     with _quiet_deprecation():
         quantized = _convert(model, mode, backend, example, calibration)
-    spec = dict(model.shrinkflow_spec)
     spec["quantization"] = {"mode": mode, "backend": backend, "float_layout": _float_layout(model),
                             "float_params": params, "float_nonzero_params": nonzero, "float_macs": macs}
     quantized.shrinkflow_spec = spec
@@ -106,16 +104,14 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
 
 def skeleton(float_model: nn.Module, settings: dict) -> nn.Module:
     """The quantized structure for `settings` with placeholder scales, ready for load_state_dict."""
-    spec = float_model.shrinkflow_spec
-    example = torch.zeros(1, spec["in_channels"], spec["input_size"], spec["input_size"])
     with _quiet_deprecation():  # uncalibrated observers give placeholder scales; the loaded state replaces them
-        quantized = _convert(float_model, settings["mode"], settings["backend"], example, None)
-    quantized.shrinkflow_spec = {**spec, "quantization": settings}
+        quantized = _convert(float_model, settings["mode"], settings["backend"], example_input(float_model), None)
+    quantized.shrinkflow_spec = {**require_spec(float_model), "quantization": settings}
     return quantized
 
 
 def set_engine(model: nn.Module) -> None:
     """Quantized kernels dispatch on a process-wide engine; make it the one the model was built for."""
-    settings = getattr(model, "shrinkflow_spec", {}).get("quantization")
+    settings = quantization_info(model)
     if settings:
         torch.backends.quantized.engine = settings["backend"]

@@ -12,14 +12,14 @@ from torch import nn
 from torchvision.models.resnet import ResNet
 
 from compression import CompressionError
+from compression.models import arch_name, model_spec, update_spec
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _check_trimmable(model: nn.Module) -> None:
     if not isinstance(model, ResNet):
-        arch = getattr(model, "shrinkflow_spec", {}).get("arch", type(model).__name__)
-        raise CompressionError(f"trimming supports ResNet-family models only, not {arch}")
+        raise CompressionError(f"trimming supports ResNet-family models only, not {arch_name(model)}")
 
 
 def plan_trim(model: nn.Module, keep_per_stage: int | list[int], strategy: str = "first") -> dict[str, list[int]]:
@@ -58,11 +58,10 @@ def apply_trim(model: nn.Module, plan: dict[str, list[int]]) -> nn.Module:
         if any(not 0 <= i < len(blocks) for i in kept):
             raise CompressionError(f"trim plan {kept} does not fit {stage} with {len(blocks)} blocks")
         setattr(model, stage, nn.Sequential(*[blocks[i] for i in kept]))
-    if hasattr(model, "shrinkflow_spec"):
-        earlier = model.shrinkflow_spec.get("trim")  # indices are relative to the already-trimmed model
-        model.shrinkflow_spec["trim"] = {
-            stage: [earlier[stage][i] for i in kept] if earlier else list(kept) for stage, kept in plan.items()
-        }
+    earlier = model_spec(model).get("trim")  # indices are relative to the already-trimmed model
+    update_spec(model, trim={
+        stage: [earlier[stage][i] for i in kept] if earlier else list(kept) for stage, kept in plan.items()
+    })
     return model
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local service stack on 127.0.0.1: Prefect server, MLflow server, optionally a process worker.
 #   deployments/stack.sh start            # servers in the background (SQLite; PostgreSQL with DATABASE_URL)
+#   deployments/stack.sh pool             # the work pool shrinkflow-process, created if missing
 #   deployments/stack.sh worker           # a process worker for pool shrinkflow-process, in the background
 #   deployments/stack.sh env              # the exports that point clients at the stack
 #   deployments/stack.sh stop             # stop everything this script started, by PID
@@ -54,9 +55,13 @@ case "${1:-}" in
     echo "Prefect UI http://127.0.0.1:$PREFECT_PORT   MLflow UI http://127.0.0.1:$MLFLOW_PORT"
     "$0" env
     ;;
-  worker)
+  pool)
     "$BIN/prefect" work-pool inspect shrinkflow-process > /dev/null 2>&1 \
       || "$BIN/prefect" work-pool create shrinkflow-process --type process > /dev/null
+    echo "work pool shrinkflow-process ready"
+    ;;
+  worker)
+    "$0" pool > /dev/null
     MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" start_bg worker "$BIN/prefect" worker start \
       --pool shrinkflow-process --name "shrinkflow-$(hostname)-$$"
     echo "worker started (log: $STACK_DIR/worker.log)"
@@ -78,5 +83,5 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,10p' "$0"; exit 2 ;;
+    sed -n '2,11p' "$0"; exit 2 ;;
 esac

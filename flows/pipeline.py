@@ -14,31 +14,32 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.export import export, export_targets, with_onnx
+from tasks.export import export, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
 from tasks.prune import prune
 from tasks.quantize import quantize
 from tasks.register import register
 from tasks.report import report
-from tasks.stage import ensure_writable, output_root, with_cache
-from tasks.tracking import (RunContext, StageRun, check_tracking, default_tracking_uri, git_state, pipeline_run,
-                            prefect_context, redact)
+from tasks.stage import ModelRef
+from tasks.tracking import RunContext, StageRun, open_pipeline, redact
 from tasks.trim import trim
 
 log = logging.getLogger("shrinkflow")
 
 
 class StageRunner:
-    """Runs stage tasks with the pipeline's cache location and records which ran and which were cached."""
+    """Runs stage tasks under the pipeline run, records which ran and which were cached, and collects the
+    candidate models (by the name each one carries) that the tail evaluates."""
 
     def __init__(self, cfg: PipelineConfig, ctx: RunContext, parent: StageRun) -> None:
         self.cfg, self.ctx, self.parent = cfg, ctx, parent
         self.executed: list[str] = []
         self.cached: list[str] = []
+        self.candidates: dict[str, ModelRef] = {}
 
     def __call__(self, task_obj, **inputs):
-        state = with_cache(task_obj, self.cfg)(self.cfg, self.ctx, **inputs, return_state=True)
+        state = task_obj(self.cfg, self.ctx, **inputs, return_state=True)
         result = state.result()  # raises the task's exception if it failed
         cached = state.name == "Cached"
         (self.cached if cached else self.executed).append(task_obj.name)
@@ -48,18 +49,24 @@ class StageRunner:
                               f"stage.{task_obj.name}.cached": str(cached).lower()})
         return result
 
-    def fetch(self, data: dict, source: str | None = None) -> dict:
-        ref = fetch_pretrained(self.cfg, self.ctx, data, source)
-        self.executed.append("fetch_pretrained")
-        self.parent.set_tags({"stage.fetch_pretrained.run_id": ref["run_id"]})
-        return ref
+    def offer(self, *refs: ModelRef | None) -> ModelRef | None:
+        """Make models candidates for evaluation and registration; returns the first one given."""
+        for ref in refs:
+            if ref is None:
+                continue
+            if ref["name"] in self.candidates:
+                raise RuntimeError(f"two candidates named {ref['name']!r}")
+            self.candidates[ref["name"]] = ref
+        return refs[0] if refs else None
 
-    def finish(self, data: dict, candidates: dict, register_best: bool) -> dict:
-        """Evaluate every candidate, report, optionally register; the flow's return value."""
-        candidates = {name: ref for name, ref in candidates.items() if ref}
+    def finish(self, data: dict, final: ModelRef, register_best: bool) -> dict:
+        """Evaluate every candidate, export the reference (the first candidate) and the `final` float model,
+        report, optionally register; the flow's return value."""
+        candidates = self.candidates
         rows = self(evaluate, data=data, candidates=candidates)["rows"]
         if self.cfg.export.onnx:
-            rows = with_onnx(rows, self(export, data=data, models=export_targets(candidates))["exports"])
+            targets = {ref["name"]: ref for ref in (next(iter(candidates.values())), final)}
+            rows = with_onnx(rows, self(export, data=data, models=targets)["exports"])
         summary = self(report, rows=rows)
         registered = self(register, data=data, rows=rows) if register_best else None
         self.parent.log_metrics({"stages_executed": len(self.executed), "stages_cached": len(self.cached)})
@@ -72,37 +79,26 @@ class StageRunner:
 @contextmanager
 def tracked_pipeline(cfg: PipelineConfig, flow_name: str):
     """The parent MLflow run (FAILED if anything inside raises) and a runner for the stages under it."""
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    check_tracking(tracking_uri)
-    ensure_writable(output_root(cfg))
-    tags = {"shrinkflow.flow": flow_name, "shrinkflow.config_hash": cfg.config_hash(), "seed": str(cfg.seed),
-            "source": cfg.source, "tracking_uri": redact(tracking_uri), **git_state(), **prefect_context()}
-    config = cfg.model_dump(mode="json")
-    if config["tracking"]["uri"]:
-        config["tracking"]["uri"] = redact(config["tracking"]["uri"])
-    with pipeline_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{flow_name}", config, tags) as (ctx, parent):
-        log.info("MLflow run %s (experiment %s) at %s", ctx.parent_run_id, cfg.tracking.experiment,
-                 redact(tracking_uri))
+    with open_pipeline(cfg, flow_name) as (ctx, parent):
         yield StageRunner(cfg, ctx, parent)
 
 
 def run_pipeline(cfg: PipelineConfig, flow_name: str) -> dict:
     with tracked_pipeline(cfg, flow_name) as run:
         data = run(load_data)
-        teacher = run.fetch(data)
+        teacher = run(fetch_pretrained, data=data)
         if cfg.finetune.enabled:
             teacher = run(finetune, data=data, base=teacher)
-        candidates = {"teacher": teacher}
+        run.offer(teacher)
         student = run(trim, data=data, teacher=teacher) if cfg.trim.enabled else None
         if cfg.distill.enabled:
             students = run(distill, data=data, teacher=teacher, student=student)
-            candidates.update(student_kd=students["kd"], student_plain=students.get("baseline"))
-            student = students["kd"]
+            student = run.offer(students["kd"], students.get("baseline"))
         if cfg.prune.enabled:
             pruned = run(prune, data=data, student=student or teacher, teacher=teacher)
-            candidates.update(pruned=pruned.get("structured"), sparse=pruned.get("unstructured"))
+            run.offer(pruned.get("structured"), pruned.get("unstructured"))
             student = pruned.get("structured") or student
         if cfg.quantize.enabled:
             quantized = run(quantize, data=data, model=student or teacher)
-            candidates.update({f"quantized_{mode}": quantized.get(mode) for mode in cfg.quantize.modes})
-        return run.finish(data, candidates, cfg.register.enabled)
+            run.offer(*(quantized.get(mode) for mode in cfg.quantize.modes))
+        return run.finish(data, student or teacher, cfg.register.enabled)

@@ -12,6 +12,7 @@ from flows.pipeline import tracked_pipeline
 from tasks.config import load_config
 from tasks.data import load_data
 from tasks.distill import distill
+from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
 from tasks.prune import prune
 from tasks.quantize import quantize
@@ -24,8 +25,8 @@ def finetune_flow(config: str, overrides: dict | None = None, base: str | None =
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "finetune") as run:
         data = run(load_data)
-        teacher = run(finetune, data=data, base=run.fetch(data, base))
-        return run.finish(data, {"teacher": teacher}, register_best=False)
+        teacher = run.offer(run(finetune, data=data, base=run(fetch_pretrained, data=data, source=base)))
+        return run.finish(data, teacher, register_best=False)
 
 
 @flow(name="trim")
@@ -33,8 +34,9 @@ def trim_flow(config: str, teacher: str, overrides: dict | None = None) -> dict:
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "trim") as run:
         data = run(load_data)
-        ref = run.fetch(data, teacher)
-        return run.finish(data, {"teacher": ref, "trimmed": run(trim, data=data, teacher=ref)}, register_best=False)
+        ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
+        trimmed = run.offer(run(trim, data=data, teacher=ref))
+        return run.finish(data, trimmed, register_best=False)
 
 
 @flow(name="distill")
@@ -43,11 +45,10 @@ def distill_flow(config: str, teacher: str, student: str | None = None, override
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "distill") as run:
         data = run(load_data)
-        teacher_ref = run.fetch(data, teacher)
-        student_ref = run.fetch(data, student) if student else None
+        teacher_ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
+        student_ref = run(fetch_pretrained, data=data, source=student, name="student") if student else None
         out = run(distill, data=data, teacher=teacher_ref, student=student_ref)
-        return run.finish(data, {"teacher": teacher_ref, "student_kd": out["kd"],
-                                 "student_plain": out.get("baseline")}, register_best=False)
+        return run.finish(data, run.offer(out["kd"], out.get("baseline")), register_best=False)
 
 
 @flow(name="prune")
@@ -56,11 +57,11 @@ def prune_flow(config: str, student: str, teacher: str | None = None, overrides:
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "prune") as run:
         data = run(load_data)
-        student_ref = run.fetch(data, student)
-        teacher_ref = run.fetch(data, teacher) if teacher else student_ref
+        student_ref = run.offer(run(fetch_pretrained, data=data, source=student, name="unpruned"))
+        teacher_ref = run(fetch_pretrained, data=data, source=teacher, name="teacher") if teacher else student_ref
         out = run(prune, data=data, student=student_ref, teacher=teacher_ref)
-        return run.finish(data, {"teacher": student_ref, "pruned": out.get("structured"),
-                                 "sparse": out.get("unstructured")}, register_best=False)
+        pruned = run.offer(out.get("structured"), out.get("unstructured"))
+        return run.finish(data, pruned or out.get("unstructured"), register_best=False)
 
 
 @flow(name="quantize")
@@ -69,7 +70,7 @@ def quantize_flow(config: str, model: str, overrides: dict | None = None) -> dic
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "quantize") as run:
         data = run(load_data)
-        ref = run.fetch(data, model)
+        ref = run.offer(run(fetch_pretrained, data=data, source=model, name="float"))
         out = run(quantize, data=data, model=ref)
-        return run.finish(data, {"teacher": ref, **{f"quantized_{m}": out.get(m) for m in cfg.quantize.modes}},
-                          register_best=False)
+        run.offer(*(out.get(mode) for mode in cfg.quantize.modes))
+        return run.finish(data, ref, register_best=False)

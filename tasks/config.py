@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from compression.training import TrainConfig
 
@@ -25,7 +28,12 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan make no sense for any setting here; pydantic accepts them unless told otherwise.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Classes of the datasets whose class count is known before reading them.
+KNOWN_CLASS_COUNTS = {"fashion-mnist": 10, "cifar10": 10}
 
 
 class DataConfig(Section):
@@ -42,8 +50,11 @@ class DataConfig(Section):
 
     @field_validator("classes")
     @classmethod
-    def _classes(cls, value):
+    def _classes(cls, value, info: ValidationInfo):
         if value is not None:
+            count = KNOWN_CLASS_COUNTS.get(info.data.get("name"))
+            if count is not None and (bad := [c for c in value if c >= count]):
+                raise ValueError(f"class subset {bad} out of range 0..{count - 1}")
             if not value:
                 raise ValueError("class subset is empty")
             if any(c < 0 for c in value):
@@ -51,6 +62,7 @@ class DataConfig(Section):
             if len(set(value)) != len(value):
                 raise ValueError(f"class subset {value} has duplicates")
         return value
+
 
 
 SOURCE_PATTERN = re.compile(r"^(torchvision:[\w.]+(:[\w.]+)?|scratch:[\w.]+|models:/.+|file:.+)$")
@@ -68,6 +80,19 @@ class StageConfig(Section):
             data = {**data, "train": {**cls.TRAIN_DEFAULTS, **data["train"]}}
         return data
 
+    @field_validator("train", mode="after", check_fields=False)
+    @classmethod
+    def _finite_train(cls, value):
+        for name, setting in asdict(value).items():
+            if isinstance(setting, float) and not math.isfinite(setting):
+                raise ValueError(f"{name} must be a finite number, got {setting}")
+        return value
+
+    def _needs_epochs(self, stage: str):
+        if getattr(self, "enabled", True) and self.train.epochs < 1:
+            raise ValueError(f"train.epochs must be at least 1 while {stage} is enabled")
+        return self
+
 
 class FinetuneConfig(StageConfig):
     TRAIN_DEFAULTS: ClassVar[dict] = dict(epochs=4, optimizer="adamw", lr=2e-3, weight_decay=0.01)
@@ -76,11 +101,23 @@ class FinetuneConfig(StageConfig):
     backbone_lr_factor: float = Field(0.1, gt=0, le=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**FinetuneConfig.TRAIN_DEFAULTS))
 
+    @model_validator(mode="after")
+    def _epochs(self):
+        return self._needs_epochs("finetune")
+
 
 class TrimConfig(Section):
     enabled: bool = False
     keep_per_stage: int | list[int] = 1
     strategy: Literal["first", "spread"] = "first"
+
+    @field_validator("keep_per_stage")
+    @classmethod
+    def _keep(cls, value):
+        counts = value if isinstance(value, list) else [value]
+        if not counts or min(counts) < 1:
+            raise ValueError(f"keep_per_stage {value}: every stage keeps at least 1 block")
+        return value
 
 
 class DistillConfig(StageConfig):
@@ -91,6 +128,10 @@ class DistillConfig(StageConfig):
     alpha: float = Field(0.9, ge=0, le=1)
     baseline: bool = Field(True, description="also train the same student without KD, to report the KD gain")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**DistillConfig.TRAIN_DEFAULTS))
+
+    @model_validator(mode="after")
+    def _epochs(self):
+        return self._needs_epochs("distill")
 
 
 class PruneConfig(StageConfig):
@@ -148,6 +189,7 @@ class EvaluateConfig(Section):
     latency_repeats: int = Field(30, ge=5)
     throughput_batch: int = Field(64, ge=1)
     speed_rounds: int = Field(3, ge=1, description="latency/throughput rounds taking turns over the candidates; the median is reported")
+    throughput_seconds: float = Field(0.25, gt=0, description="each throughput measurement times batches for at least this long")
 
 
 class RegisterConfig(Section):
@@ -262,7 +304,11 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
     if not resolved.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(resolved.read_text()) or {}
+        raw = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

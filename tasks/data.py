@@ -6,6 +6,7 @@ import json
 from functools import lru_cache
 
 import mlflow.data
+from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
 from mlflow.entities import DatasetInput, InputTag
 
 from compression.data import DataBundle, load_dataset
@@ -28,18 +29,34 @@ def get_bundle(cfg: PipelineConfig, expected: dict | None = None) -> DataBundle:
     return bundle
 
 
-@stage_task("load_data", sections=(), cache=False)
-def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
-    bundle = get_bundle(cfg)
+def _dataset_source(path: str):
+    """The data's folder as MLflow's local-files source. Said explicitly: resolving a bare path, MLflow
+    finds two registered local sources and warns that the path "can be interpreted in multiple ways"."""
+    local = [s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource"][:1]
+    return resolve_dataset_source(path, candidate_sources=local or None)
+
+
+def _dataset_inputs(bundle: DataBundle) -> list[DatasetInput]:
     inputs = []
+    source = _dataset_source(bundle.source)
     for split in bundle.digests:
         part = getattr(bundle, split)
         dataset = mlflow.data.from_numpy(
-            part.images.numpy(), targets=part.labels.numpy(), source=bundle.source,
+            part.images.numpy(), targets=part.labels.numpy(), source=source,
             name=f"{bundle.name}-{split}", digest=bundle.digests[split][:16])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
-        run.log_metrics({f"{split}_samples": len(part)})
-    run.client.log_inputs(run.run_id, inputs)
+    return inputs
+
+
+@stage_task("load_data", sections=(), cache=False)
+def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
+    """The data, recorded as dataset inputs of this stage's run and of the pipeline run (where the MLflow
+    UI's run list shows them)."""
+    bundle = get_bundle(cfg)
+    inputs = _dataset_inputs(bundle)
+    run.log_metrics({f"{split}_samples": len(getattr(bundle, split)) for split in bundle.digests})
+    for run_id in (run.run_id, ctx.parent_run_id):
+        run.client.log_inputs(run_id, inputs)
     run.log_dict({"classes": bundle.classes, "digests": bundle.digests, "source": bundle.source,
                   "counts": {s: getattr(bundle, s).class_counts() for s in ("train", "val", "test")},
                   "unlabeled": len(bundle.unlabeled) if bundle.unlabeled is not None else 0}, "data.json")

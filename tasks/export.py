@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from compression.checkpoint import file_sha256
 from compression.export import export_onnx, onnx_latency, parity, session
+from compression.models import example_input, input_channels
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
 from tasks.stage import stage_task
@@ -37,13 +36,13 @@ def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict) -> 
     exports = {}
     for name, ref in models.items():
         model = load(ref)
-        channels = model.shrinkflow_spec["in_channels"]
-        images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
+        images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=input_channels(model))))[0]
         path = export_onnx(model, images, workdir / f"{name}.onnx", settings.opset)
         sess = session(path, cfg.evaluate.threads)
         check = parity(model, sess, images)
-        example = torch.zeros(cfg.evaluate.throughput_batch, channels, bundle.input_size, bundle.input_size)
-        speed = onnx_latency(sess, example, cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch)
+        example = example_input(model, cfg.evaluate.throughput_batch, size=bundle.input_size)
+        speed = onnx_latency(sess, example, cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch,
+                             cfg.evaluate.throughput_seconds)
         ok = check["max_abs_diff"] <= settings.parity_atol and check["top1_agreement"] == 1.0
         if not ok:
             log.warning("[export] %s: ONNX differs from PyTorch (max abs diff %.2e, top-1 agreement %.4f)",

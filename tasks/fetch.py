@@ -7,14 +7,12 @@ Transient failures are retried; bad sources fail at once with one line.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
-from prefect import task
 from mlflow.tracking import MlflowClient
 
 from compression import CompressionError
@@ -22,8 +20,8 @@ from compression.checkpoint import file_sha256, read_model_file, save_model
 from compression.models import build_model
 from compression.training import seed_everything
 from tasks.config import SOURCE_PATTERN, PipelineConfig
-from tasks.stage import model_ref, output_root, retry_transient
-from tasks.tracking import RunContext, stage_run
+from tasks.stage import model_ref, retry_transient, stage_task
+from tasks.tracking import RunContext
 
 SHA_TAG = "shrinkflow.checkpoint_sha256"
 
@@ -80,36 +78,33 @@ def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
     return {}
 
 
-@task(name="fetch_pretrained", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
-      cache_policy=None)
-def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, data: dict, source: str | None = None) -> dict:
-    """The model named by `source` (default: the config's) as a shrinkflow file in the output directory.
+@stage_task("fetch_pretrained", cache=False, retries=2, retry_delay_seconds=[1, 5],
+            retry_condition_fn=retry_transient)
+def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, source: str | None = None,
+                     name: str = "pretrained") -> dict:
+    """The model named by `source` (default: the config's) as a shrinkflow file `name`.pt in the stage's folder.
 
     Not cached: a registry alias can move. Downstream caches key on the fetched file's sha256 instead.
     """
     source = source or cfg.source
     if not SOURCE_PATTERN.match(source):
         raise CompressionError(f"unknown model source {source!r}")
-    key = hashlib.sha256(f"{source}|{cfg.seed}|{data['in_channels']}|{data['input_size']}".encode()).hexdigest()[:20]
-    workdir = output_root(cfg) / "fetch" / key
-    workdir.mkdir(parents=True, exist_ok=True)
-    target = workdir / "model.pt"
-    with stage_run(ctx, "fetch_pretrained") as run:
-        run.log_params({"source": source})
-        if source.startswith("models:/"):
-            extra = _from_registry(ctx, source, target)
-        elif source.startswith("file:"):
-            path = cfg.resolve(source.removeprefix("file:"))
-            read_model_file(path)
-            shutil.copyfile(path, target)
-            extra = {}
-        else:
-            extra = _build(cfg, data, source, target)
-        sha = file_sha256(target)
-        spec = read_model_file(target)["spec"]
-        if not cfg.finetune.enabled and spec["num_classes"] != len(data["classes"]):
-            raise CompressionError(f"{source} has {spec['num_classes']} classes, the data has "
-                                   f"{len(data['classes'])}; enable finetune to transfer it")
-        run.set_tags({"source": source, SHA_TAG: sha, "shrinkflow.workdir": str(workdir), **{f"registry.{k}": v for k, v in extra.items()}})
-        run.log_dict(spec, "spec.json")
-        return model_ref("pretrained", target, sha, run.run_id, source=source, arch=spec["arch"], **extra)
+    target = workdir / f"{name}.pt"
+    run.log_params({"source": source})
+    if source.startswith("models:/"):
+        extra = _from_registry(ctx, source, target)
+    elif source.startswith("file:"):
+        path = cfg.resolve(source.removeprefix("file:"))
+        read_model_file(path)
+        shutil.copyfile(path, target)
+        extra = {}
+    else:
+        extra = _build(cfg, data, source, target)
+    sha = file_sha256(target)
+    spec = read_model_file(target)["spec"]
+    if not cfg.finetune.enabled and spec["num_classes"] != len(data["classes"]):
+        raise CompressionError(f"{source} has {spec['num_classes']} classes, the data has "
+                               f"{len(data['classes'])}; enable finetune to transfer it")
+    run.set_tags({"source": source, SHA_TAG: sha, **{f"registry.{k}": v for k, v in extra.items()}})
+    run.log_dict(spec, "spec.json")
+    return model_ref(name, target, sha, run.run_id, source=source, arch=spec["arch"], **extra)

@@ -6,6 +6,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Points closer than this (fractions of the axes' width, height) get one label listing them all.
+SHARED_POINT = (0.03, 0.04)
+LABEL_OFFSET = (4, 4)  # points, up and right of the marker
 
 
 def training_curves(histories: dict[str, list[dict]], title: str):
@@ -20,6 +25,7 @@ def training_curves(histories: dict[str, list[dict]], title: str):
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -40,24 +46,61 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str)
     return fig
 
 
-def pareto(rows: list[dict], x: str, xlabel: str):
-    """Accuracy against a cost; the non-dominated candidates are joined by a line."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    points = sorted(((r[x], r["accuracy"], r["candidate"]) for r in rows), key=lambda p: (p[0], -p[1]))
+def _pareto_front(points: list[tuple]) -> list[tuple]:
+    """The (cost, accuracy) points no cheaper point matches in accuracy, `points` sorted by cost."""
     front, best = [], -1.0
-    for cost, acc, name in points:
+    for cost, acc, _ in points:
         if acc > best:
             front.append((cost, acc))
             best = acc
+    return front
+
+
+def _label_groups(ax, points: list[tuple]) -> list[tuple[tuple, list[str]]]:
+    """(point, names) per spot of the axes: candidates that share a point (int8 models sit on the MACs of
+    their float source) get one label instead of labels drawn over each other."""
+    ax.get_xlim(), ax.get_ylim()  # brings the view limits up to date with the plotted points
+    to_axes = ax.transData + ax.transAxes.inverted()
+    groups = []  # [axes position, point, names]
     for cost, acc, name in points:
-        ax.scatter(cost, acc, s=40)
-        ax.annotate(name, (cost, acc), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.plot(*zip(*front), color="grey", ls="--", lw=1, label="Pareto front")
+        px, py = to_axes.transform((cost, acc))
+        near = [g for g in groups if abs(g[0][0] - px) < SHARED_POINT[0] and abs(g[0][1] - py) < SHARED_POINT[1]]
+        if near:
+            near[0][2].append(name)
+        else:
+            groups.append([(px, py), (cost, acc), [name]])
+    return [(point, names) for _, point, names in groups]
+
+
+def _separate_labels(fig, labels: list) -> None:
+    """Move each label down, below the ones placed before it, until it overlaps none of them."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for _ in range(4 * len(labels)):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            dx, dy = label.xyann
+            label.xyann = (dx, dy - (box.height + 2) * 72 / fig.dpi)
+        placed.append(label.get_window_extent(renderer))
+
+
+def pareto(rows: list[dict], x: str, xlabel: str):
+    """Accuracy against a cost; the non-dominated candidates are joined by a line."""
+    fig, ax = plt.subplots(figsize=(6, 4))
     ax.set_xscale("log")
+    points = sorted(((r[x], r["accuracy"], r["candidate"]) for r in rows), key=lambda p: (p[0], -p[1]))
+    for cost, acc, _ in points:
+        ax.scatter(cost, acc, s=40)
+    ax.plot(*zip(*_pareto_front(points)), color="grey", ls="--", lw=1, label="Pareto front")
+    labels = [ax.annotate("\n".join(names), point, textcoords="offset points", xytext=LABEL_OFFSET, fontsize=8)
+              for point, names in _label_groups(ax, points)]
     ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"accuracy vs {xlabel}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    _separate_labels(fig, labels)
     return fig
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import copy
 
-import torch
-
 from compression.distillation import distillation_loss
+from compression.models import count_params, example_input, input_channels
 from compression.pruning import prune_structured, prune_unstructured
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
@@ -22,8 +21,8 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
     settings = cfg.prune
     model = load(student)
     seed_everything(cfg.seed)
-    channels = model.shrinkflow_spec["in_channels"]
-    example = torch.zeros(1, channels, bundle.input_size, bundle.input_size)
+    channels = input_channels(model)
+    example = example_input(model, size=bundle.input_size)
     loss_fn = None
     if settings.kd:
         loss_fn = distillation_loss(load(teacher), cfg.distill.temperature, cfg.distill.alpha)
@@ -34,8 +33,7 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
         histories = {}
 
         def recover(step: int, pruned) -> None:
-            pruned_params = sum(p.numel() for p in pruned.parameters())
-            run.log_metrics({"params": pruned_params}, step=step + 1)
+            run.log_metrics({"params": count_params(pruned)}, step=step + 1)
             if settings.train.epochs:
                 fit_result = fit_logged(run, pruned, bundle, settings.train, workdir / f"checkpoints-step{step + 1}",
                                         f"prune step {step + 1}/{settings.iterative_steps}", prefix=f"step{step + 1}.",

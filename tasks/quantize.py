@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from itertools import islice
 
-import torch
-
 from compression.measure import evaluate_classifier
+from compression.models import example_input, input_channels
 from compression.quantization import quantize as quantize_model
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
@@ -26,12 +25,12 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
     bundle = get_bundle(cfg, data)
     settings = cfg.quantize
     float_model = load(model)
-    channels = float_model.shrinkflow_spec["in_channels"]
+    channels = input_channels(float_model)
     batch = min(64, settings.calibration_size)
     # Shuffled (seeded) so that the observers see every class, not the first ones of a class-sorted split.
     shuffled = bundle.batches("train", batch, train=True, seed=cfg.seed, channels=channels)
     calibration = [x for x, _ in islice(shuffled, -(-settings.calibration_size // batch))]
-    example = torch.zeros(1, channels, bundle.input_size, bundle.input_size)
+    example = example_input(float_model, size=bundle.input_size)
     val = bundle.batches("val", cfg.data.eval_batch_size, channels=channels)
     float_acc = evaluate_classifier(float_model, val)["accuracy"]
     run.log_metrics({"float_val_acc": float_acc, "calibration_images": sum(len(x) for x in calibration)})

@@ -6,6 +6,7 @@ import pandas as pd
 
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
+from compression.comparison import kd_gain, speed_notes, with_ratios
 from tasks import plots
 from tasks.config import PipelineConfig
 from tasks.stage import stage_task
@@ -13,48 +14,13 @@ from tasks.tracking import RunContext, StageRun
 
 COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
            "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "onnx_latency_p50_ms", "onnx_throughput_ips", "sha256", "path"]
+PARETO_AXES = (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)"), ("size_bytes", "file size (bytes)"))
 
 
 def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFrame:
     """One row per candidate with ratios against the reference (x = how many times smaller/faster)."""
-    df = pd.DataFrame(rows)
-    ref = df[df.candidate == reference].iloc[0] if (df.candidate == reference).any() else df.iloc[0]
-    df["accuracy_drop"] = ref["accuracy"] - df["accuracy"]
-    df["params_x"] = ref["params"] / df["params"]
-    df["macs_x"] = ref["macs"] / df["macs"]
-    df["speedup"] = df["throughput_ips"] / ref["throughput_ips"]
+    df = pd.DataFrame(with_ratios(rows, reference))
     return df[[c for c in COLUMNS if c in df.columns]]
-
-
-def kd_gain(rows: list[dict]) -> float | None:
-    acc = {r["candidate"]: r["accuracy"] for r in rows}
-    if "student_kd" in acc and "student_plain" in acc:
-        return acc["student_kd"] - acc["student_plain"]
-    return None
-
-
-def _speed_word(gain: float) -> str:
-    """Within 10% either way is what two identical models differ by on a shared CPU, not a speed-up."""
-    return "faster" if gain > 1.1 else "slower" if gain < 1 / 1.1 else "about as fast"
-
-
-def speed_notes(rows: list[dict]) -> list[str]:
-    """One measured sentence per quantized candidate: faster than the float model it came from, or not."""
-    by_sha = {r["sha256"]: r for r in rows}
-    notes = []
-    for row in rows:
-        source = by_sha.get(row.get("source_sha256"))
-        if source is None:
-            continue
-        throughput = row["throughput_ips"] / source["throughput_ips"]
-        latency = source["latency_p50_ms"] / row["latency_p50_ms"]
-        smaller = source["size_bytes"] / row["size_bytes"]
-        size = f"file {smaller:.1f}x smaller" if smaller >= 1.05 else "file about the same size"
-        notes.append(f"{row['candidate']} against {source['candidate']} (the float model it was made from): "
-                     f"{_speed_word(latency)} at batch 1, {_speed_word(throughput)} in throughput on this CPU; "
-                     f"throughput {throughput:.2f}x, latency p50 {row['latency_p50_ms']:.2f} vs "
-                     f"{source['latency_p50_ms']:.2f} ms, {size}.")
-    return notes
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -86,7 +52,7 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
     for target in (run, parent):
         target.log_text(df.to_csv(index=False), "comparison.csv")
         target.log_text(text + "\n", "comparison.md")
-        for x, label in (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)")):
+        for x, label in PARETO_AXES:
             fig = plots.pareto(df.to_dict("records"), x, label)
             target.log_figure(fig, f"pareto_{x}.png")
             plots.close(fig)

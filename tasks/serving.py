@@ -2,7 +2,8 @@
 
 The file holds tensors and an architecture spec and loads with torch.load(weights_only=True), so a
 registered model never needs unpickling of arbitrary modules. Input: float32 images [N, C, H, W] scaled to
-[0, 1] (the model normalises them itself); output: the predicted class index per image.
+[0, 1] (the model normalises them itself; grey images are repeated over a colour model's channels); output:
+the predicted class index per image.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from compression.checkpoint import load_model, read_model_file
+from compression.data import to_model_input
+from compression.models import input_channels
 
 
 class ShrinkflowClassifier(mlflow.pyfunc.PythonModel):
@@ -25,17 +28,12 @@ class ShrinkflowClassifier(mlflow.pyfunc.PythonModel):
         meta = read_model_file(path)["meta"]
         self.model = load_model(path)
         self.classes = meta.get("classes", [])
-        self.mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean, self.std = meta["mean"], meta["std"]
 
     def logits(self, images: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-        if self.mean.shape[1] != x.shape[1]:
-            mean, std = self.mean.mean(), self.std.mean()
-        else:
-            mean, std = self.mean, self.std
         with torch.no_grad():
-            return self.model((x - mean) / std)
+            return self.model(to_model_input(x, self.mean, self.std, input_channels(self.model)))
 
     def predict(self, context, model_input, params=None):
         return self.logits(model_input).argmax(1).numpy()

@@ -1,112 +1,133 @@
 """What every stage task shares: its cache key, its output folder, its MLflow child run, its model refs.
 
-A stage's key hashes its own config section(s), the data config, the seed and the sha256 of every model
-it reads, never live tensors; its outputs go to <output_dir>/<stage>/<key>/, so a re-run with an
-unchanged config finds them, and a crashed run resumes from the epoch checkpoints kept there.
+A stage's key hashes the config sections it reads, the data config, the seed and the sha256 of every model
+it reads, never live tensors; its outputs go to <output_dir>/<stage>/<key>/ with the cache record
+(tasks/cache.py) beside them, so a re-run with an unchanged config finds them, and a crashed run resumes
+from the epoch checkpoints kept there.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Required, TypedDict
 
 from prefect import task
-from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.states import Completed
 
 from compression import CompressionError
+from tasks import cache as records
 from tasks.config import PipelineConfig
-from tasks.tracking import RunContext, StageRun, stage_run
+from tasks.tracking import RunContext, StageRun, run_finished, stage_run, store_id
 
-CACHE_VERSION = 1
+log = logging.getLogger("shrinkflow")
 
-# A model passed between tasks: {"path", "sha256", "run_id", "name", ...metrics}. Paths, never modules.
-ModelRef = dict
+
+class ModelRef(TypedDict, total=False):
+    """A model passed between tasks: a file and where it was logged, never a live module.
+
+    `name` is the candidate's one name: its row in the comparison table, its file name, its metric prefix."""
+
+    name: Required[str]
+    path: Required[str]
+    sha256: Required[str]
+    run_id: Required[str]
+    val_acc: float
+    source_sha256: str  # the float model an int8 model was made from
+    source: str
+    arch: str
+    registry_name: str
+    registry_version: str
 
 
 def model_ref(name: str, path: Path, sha256: str, run_id: str, **extra) -> ModelRef:
-    return {"name": name, "path": str(path), "sha256": sha256, "run_id": run_id, **extra}
+    return ModelRef(name=name, path=str(path), sha256=sha256, run_id=run_id, **extra)
 
 
-def _digests(value):
-    """The content identity of a task input: sha256 of model refs (recursively), the value otherwise."""
-    if isinstance(value, dict) and "sha256" in value:
-        return value["sha256"]
-    if isinstance(value, dict):  # run ids name where a result was logged, not what it is
-        return {k: _digests(v) for k, v in sorted(value.items()) if k not in ("run_id", "stage")}
-    if isinstance(value, (list, tuple)):
-        return [_digests(v) for v in value]
-    return value
+# Read by every stage through the data helpers (and hashed into every key): the data config and the seed.
+ALWAYS_KEYED = frozenset({"data", "seed"})
+# Top-level settings that say where things go or what a run is called, never what a stage computes.
+NOT_COMPUTED = frozenset({"name", "output_dir", "tracking", "resolve", "stage_dict", "config_hash",
+                          "model_dump", "model_dump_json"})
 
 
-def stage_key(stage: str, sections: tuple[str, ...], cfg: PipelineConfig, inputs: dict) -> str:
-    payload = {
-        "version": CACHE_VERSION,
-        "stage": stage,
-        "seed": cfg.seed,
-        **cfg.stage_dict("data", *sections),
-        "inputs": _digests(inputs),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+class ConfigReads:
+    """The config as a stage sees it, noting which top-level settings the stage reads, so that a stage
+    reading a section its cache key does not hash is caught (see `check_sections`)."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name: str):
+        self.read.add(name)
+        return getattr(self._cfg, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a stage must not change the pipeline config")
+
+
+def check_sections(stage: str, sections: tuple[str, ...], read: set[str]) -> None:
+    undeclared = sorted(read - set(sections) - ALWAYS_KEYED - NOT_COMPUTED)
+    if undeclared:
+        raise RuntimeError(f"stage {stage} reads config {', '.join(undeclared)} but its cache key hashes only "
+                           f"{', '.join(sections) or 'data and seed'}: add them to sections=")
+
+
+def stage_settings(cfg: PipelineConfig, sections: tuple[str, ...]) -> dict:
+    return {"seed": cfg.seed, **cfg.stage_dict("data", *sections)}
 
 
 def output_root(cfg: PipelineConfig) -> Path:
     return cfg.resolve(cfg.output_dir)
 
 
-def ensure_writable(directory: Path) -> None:
-    """Fail before any work when outputs cannot be written there."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise CompressionError(f"output directory {directory} is not writable ({exc.strerror or type(exc).__name__})") from None
+def stage_workdir(stage: str, sections: tuple[str, ...], cfg: PipelineConfig, inputs: dict) -> tuple[str, Path]:
+    key = records.stage_key(stage, stage_settings(cfg, sections), inputs)
+    return key, output_root(cfg) / stage / key
+
+
+def _cached_result(stage: str, workdir: Path, ctx: RunContext):
+    store = store_id(ctx.tracking_uri)
+    result, why = records.lookup(workdir, store, lambda run_id: run_finished(ctx, run_id))
+    if why:
+        log.info("[%s] cache record not used, running the stage again: %s", stage, why)
+    return result
 
 
 def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, **task_options):
     """Make `fn(cfg, ctx, run, workdir, **inputs)` a Prefect task `(cfg, ctx, **inputs)` with its own child run.
 
-    Cached stages are keyed by `stage_key`; the flow places the cache records under the output directory
-    (see `with_cache`), so deleting outputs/ also forgets the cache.
+    `sections` are the config sections the stage reads besides data and seed; reading another one fails the
+    stage (it would be missing from the cache key). With `cache`, a valid record in the stage's
+    folder is returned as a Prefect state named Cached and nothing runs or is logged again.
     """
 
     def decorate(fn: Callable):
-        def key_fn(context, parameters):
-            # Prefect passes **inputs as one parameter named "inputs".
-            return f"{stage}-{stage_key(stage, sections, parameters['cfg'], dict(parameters.get('inputs', {})))}"
-
         def body(cfg: PipelineConfig, ctx: RunContext, **inputs):
-            key = stage_key(stage, sections, cfg, inputs)
-            workdir = output_root(cfg) / stage / key
+            key, workdir = stage_workdir(stage, sections, cfg, inputs)
+            if cache and (hit := _cached_result(stage, workdir, ctx)) is not None:
+                return Completed(name="Cached", data=hit)
             workdir.mkdir(parents=True, exist_ok=True)
+            seen = ConfigReads(cfg)
             with stage_run(ctx, stage) as run:
                 run.set_tags({"shrinkflow.cache_key": key, "shrinkflow.workdir": str(workdir)})
                 run.log_params({"seed": cfg.seed, **cfg.stage_dict(*sections)})
-                result = fn(cfg, ctx, run, workdir, **inputs)
-                return {**result, "run_id": run.run_id, "stage": stage} if isinstance(result, dict) else result
+                result = fn(seen, ctx, run, workdir, **inputs)
+                if cache:
+                    check_sections(stage, sections, seen.read)
+            if not isinstance(result, dict):
+                return result
+            result = {**result, "run_id": run.run_id, "stage": stage}
+            if cache:
+                records.write_record(workdir, stage, key, store_id(ctx.tracking_uri), result)
+            return result
 
         # Not functools.wraps: Prefect reads the task's parameters from the signature, which is body's.
         body.__name__, body.__qualname__, body.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
-        options = dict(name=stage, persist_result=True, **task_options)
-        if cache:
-            options["cache_policy"] = CacheKeyFnPolicy(cache_key_fn=key_fn)
-        else:
-            options["cache_policy"] = None
-        return task(**options)(body)
+        return task(name=stage, cache_policy=None, persist_result=False, **task_options)(body)
 
     return decorate
-
-
-def with_cache(task_obj, cfg: PipelineConfig):
-    """The task with its cache records kept under the run's output directory (results stay in Prefect's
-    local storage): a record only exists while the outputs it points at do."""
-    policy = task_obj.cache_policy
-    if not isinstance(policy, CacheKeyFnPolicy):
-        return task_obj
-    return task_obj.with_options(cache_policy=policy.configure(key_storage=str(output_root(cfg) / ".cache")))
 
 
 def permanent_error(exc: BaseException) -> bool:
@@ -123,5 +144,4 @@ def retry_transient(task_obj, task_run, state) -> bool:
     return False
 
 
-__all__ = ["ModelRef", "StageRun", "model_ref", "output_root", "stage_key", "stage_task", "with_cache",
-           "retry_transient"]
+__all__ = ["ModelRef", "StageRun", "model_ref", "output_root", "stage_task", "retry_transient"]

@@ -8,6 +8,7 @@ Runs that raise end FAILED, never RUNNING.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -22,7 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
+
+log = logging.getLogger("shrinkflow")
+
 PACKAGES = ("torch", "torchvision", "torch-pruning", "prefect", "mlflow", "pandas", "numpy", "pydantic")
 
 
@@ -51,9 +55,35 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
+def store_id(uri: str) -> str:
+    """One name per tracking store: a sqlite file by its absolute path, a server by its redacted URI."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return redact(uri).rstrip("/")
+
+
+def run_finished(ctx: "RunContext", run_id: str) -> bool:
+    """Whether `run_id` is a FINISHED run of the store `ctx` logs to (a cache hit may only point there)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return ctx.client().get_run(run_id).info.status == "FINISHED"
+    except MlflowException:
+        return False
+
+
+# Tracking URI schemes MLflow has stores for (a "+driver" suffix is SQLAlchemy's, e.g. postgresql+psycopg2).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
 def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (instead of MLflow's minutes of retries) when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+    """Fail fast, in one line, on a tracking URI MLflow has no store for, and (instead of MLflow's minutes
+    of retries) on a tracking server that does not answer."""
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"tracking URI {redact(uri)}: unknown scheme {scheme or '(none)'!r}; use one of "
+                          f"{', '.join(TRACKING_SCHEMES)}")
+    if scheme not in ("http", "https"):
         return
     import requests
 
@@ -91,6 +121,13 @@ def make_client(tracking_uri: str) -> MlflowClient:
 
 
 def get_experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    experiment_id = _find_or_create_experiment(client, name, tracking_uri)
+    # Without it, MLflow 3's UI guesses the experiment's kind and may open it as a GenAI one.
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    return experiment_id
+
+
+def _find_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     with _store_lock(tracking_uri):
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
@@ -279,3 +316,36 @@ def pipeline_run(tracking_uri: str, experiment: str, run_name: str, config: dict
         handle.set_tags({f"version.{k}": v for k, v in versions.items()})
         handle.log_dict(versions, "environment.json")
         yield ctx, handle
+
+
+def provenance(cfg: PipelineConfig, flow_name: str, tracking_uri: str) -> dict[str, str]:
+    """Tags of a pipeline run: what ran, from which code, in which Prefect run; MLflow's own source tags too,
+    so that the UI shows them."""
+    git = git_state()
+    tags = {"shrinkflow.flow": flow_name, "shrinkflow.config_hash": cfg.config_hash(), "seed": str(cfg.seed),
+            "source": cfg.source, "tracking_uri": redact(tracking_uri), **git, **prefect_context(),
+            "mlflow.source.name": f"flows/{flow_name}.py", "mlflow.source.type": "JOB"}
+    if git["git_commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = git["git_commit"]
+    return tags
+
+
+def logged_config(cfg: PipelineConfig) -> dict:
+    config = cfg.model_dump(mode="json")
+    if config["tracking"]["uri"]:
+        config["tracking"]["uri"] = redact(config["tracking"]["uri"])
+    return config
+
+
+@contextmanager
+def open_pipeline(cfg: PipelineConfig, flow_name: str):
+    """Checks that need no Prefect (tracking store, output directory, data and model paths), then the
+    pipeline's parent run with its config and provenance: (RunContext, StageRun)."""
+    from tasks.preflight import preflight
+
+    tracking_uri = preflight(cfg)
+    with pipeline_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{flow_name}", logged_config(cfg),
+                      provenance(cfg, flow_name, tracking_uri)) as (ctx, parent):
+        log.info("MLflow run %s (experiment %s) at %s", ctx.parent_run_id, cfg.tracking.experiment,
+                 redact(tracking_uri))
+        yield ctx, parent

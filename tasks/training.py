@@ -8,6 +8,7 @@ from torch import nn
 
 from compression.checkpoint import load_model, save_model
 from compression.data import DataBundle
+from compression.models import input_channels
 from compression.training import TrainConfig, TrainResult, fit
 from tasks import plots
 from tasks.stage import ModelRef, StageRun, model_ref
@@ -18,12 +19,19 @@ def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: T
     """training.fit with per-epoch metrics in the stage's run (keys `prefix` + metric, step = epoch).
 
     split "transfer" adds the unlabeled images (for distillation losses only)."""
-    channels = model.shrinkflow_spec["in_channels"]
+    channels = input_channels(model)
     train = bundle.batches(split, train_cfg.batch_size, train=True, augment=train_cfg.augment,
                            seed=train_cfg.seed, channels=channels)
     val = bundle.batches("val", 256, channels=channels)
-    result = fit(model, train, val, train_cfg, on_epoch_end=run.epoch_logger(prefix), checkpoint_dir=checkpoint_dir,
+    log_epoch = run.epoch_logger(prefix)
+    result = fit(model, train, val, train_cfg, on_epoch_end=log_epoch, checkpoint_dir=checkpoint_dir,
                  name=name, **fit_kwargs)
+    if result.resumed_from_epoch is not None:
+        # Epochs trained before a crash, or before this stage ran again for another tracking store: this
+        # run gets their metrics from the checkpoint, and a tag that says so.
+        for row in result.history[:result.resumed_from_epoch + 1]:
+            log_epoch(row)
+        run.set_tags({f"{prefix}shrinkflow.resumed_from_epoch": str(result.resumed_from_epoch + 1)})
     run.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
                      "epochs_run": len(result.history), "stopped_early": int(result.stopped_early)}, prefix=prefix)
     return result

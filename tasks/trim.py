@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compression.models import count_params
+from compression.models import count_params, model_spec
 from compression.trimming import trim as trim_model
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
@@ -16,5 +16,5 @@ def trim(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict) -> d
     model = load(teacher)
     student = trim_model(model, cfg.trim.keep_per_stage, cfg.trim.strategy)
     run.log_metrics({"params_teacher": count_params(model), "params_trimmed": count_params(student)})
-    run.log_dict(student.shrinkflow_spec["trim"], "trim_plan.json")
+    run.log_dict(model_spec(student)["trim"], "trim_plan.json")
     return save_candidate(run, student, workdir, "trimmed", bundle)

@@ -42,25 +42,27 @@ def prefect():
         yield
 
 
-def run_concurrent_pipelines(tmp_path: Path, tracking_uri: str, experiment: str, count: int = 4,
-                             prefect_api_url: str | None = None) -> None:
-    """`count` smoke pipelines at once through the CLI (seeds 0..count-1), each with its own Prefect home and
-    temporary Prefect server, or all on the Prefect server at `prefect_api_url`; fails with the stderr of any that did not exit 0. (No quantization or ONNX export: they add minutes
-    on 2 cores and nothing to what these runs check, the shared stores: 10 MLflow runs per pipeline.)"""
+def run_concurrent_pipelines(tmp_path: Path, tracking_uri: str, experiment: str, seeds=(0, 1, 2, 3),
+                             prefect_api_url: str | None = None, extra_env: dict | None = None) -> None:
+    """Smoke pipelines at once through the CLI, one per seed, each with its own Prefect home and
+    temporary Prefect server, or all on the Prefect server at `prefect_api_url`; fails with the stderr of
+    any that did not exit 0. (No quantization or ONNX export: they add minutes on 2 cores and nothing to
+    what these runs check, the shared stores: 10 MLflow runs per pipeline.)"""
     import subprocess
     import sys
 
     procs = []
-    for seed in range(count):
+    for number, seed in enumerate(seeds):
         # One torch thread each: four processes with two threads each on two cores spend more time waiting
         # for each other's threads than training.
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{seed}"), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{number}"), "OMP_NUM_THREADS": "1",
+               **(extra_env or {})}
         env.pop("PREFECT_API_URL", None)
         if prefect_api_url:
             env["PREFECT_API_URL"] = prefect_api_url
-        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml", "--set", f"seed={seed}",
+        cmd = [sys.executable, "-m", "cli", "run", "configs/smoke.yaml", "--set", f"seed={seed}",
                "--set", f"tracking.uri={tracking_uri}", "--set", f"output_dir={tmp_path / 'outputs'}",
-               "--set", f"tracking.experiment={experiment}", "--set", f"name=seed{seed}",
+               "--set", f"tracking.experiment={experiment}", "--set", f"name=p{number}-seed{seed}",
                "--set", f"register.model_name={experiment}-model", "--set", "export.onnx=false",
                "--set", "quantize.enabled=false"]
         procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,

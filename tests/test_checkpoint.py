@@ -17,6 +17,15 @@ def test_round_trip_with_meta_and_sha(tmp_path):
     assert not (tmp_path / "m.pt.tmp").exists()
 
 
+def test_the_same_model_gives_the_same_file_and_leaves_nothing_else(tmp_path):
+    model = build_model("resnet18", 3, 1, 28)
+    first = save_model(model, tmp_path / "a" / "m.pt", meta={"candidate": "m"})
+    again = save_model(model, tmp_path / "a" / "m.pt", meta={"candidate": "m"})
+    elsewhere = save_model(model, tmp_path / "b" / "m.pt", meta={"candidate": "m"})
+    assert first == again == elsewhere
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["m.pt"]
+
+
 def test_checkpoint_for_another_number_of_classes(tmp_path):
     save_model(build_model("resnet18", 5, 1, 28), tmp_path / "five.pt")
     state = read_model_file(tmp_path / "five.pt")["state_dict"]

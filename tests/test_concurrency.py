@@ -1,4 +1,4 @@
-"""Four pipelines at once (smoke config, different seeds) into one MLflow sqlite store."""
+"""Pipelines at once into one MLflow sqlite store and one output directory: two pairs of identical ones."""
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -8,16 +8,20 @@ from tests.conftest import run_concurrent_pipelines
 pytestmark = pytest.mark.slow
 
 
-def test_four_concurrent_pipelines_into_one_sqlite_store(tmp_path):
+def test_concurrent_pipelines_into_one_sqlite_store_register_each_model_file_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_concurrent_pipelines(tmp_path, uri, "concurrent")
+    run_concurrent_pipelines(tmp_path, uri, "concurrent", seeds=(0, 0, 1, 1))
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("concurrent")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
-    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 4 * 10
+    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "0", "1", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
     for parent in parents:
         assert {"teacher.accuracy", "student_kd.accuracy", "pruned.accuracy", "kd_gain"} <= set(parent.data.metrics)
-    evaluates = [r for r in runs if r.data.tags.get("shrinkflow.stage") == "evaluate"]
-    assert all(len([k for k in r.data.metrics if k.endswith(".latency_p50_ms")]) == 4 for r in evaluates)
+    # identical pipelines made identical files and registered them once: one version per seed
+    versions = client.search_model_versions("name='concurrent-model'")
+    assert len(versions) == 2 and len({v.tags["shrinkflow.checkpoint_sha256"] for v in versions}) == 2
+    registered = [int(r.data.metrics["registered_version"]) for r in runs
+                  if r.data.tags.get("shrinkflow.stage") == "register"]
+    assert sorted(set(registered)) == sorted(int(v.version) for v in versions) and len(registered) == 4

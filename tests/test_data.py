@@ -82,6 +82,34 @@ def test_batches_normalise_shuffle_by_epoch_and_augment(fmnist):
     assert xa.shape == (300, 3, 28, 28) and not torch.equal(xa[:, :1], x)
 
 
+
+def test_model_input_from_uint8_or_unit_floats_with_the_models_channels():
+    images = torch.randint(0, 256, (5, 1, 6, 6), dtype=torch.uint8)
+    grey = D.to_model_input(images, (0.286,), (0.353,))
+    assert grey.dtype == torch.float32 and grey.shape == (5, 1, 6, 6)
+    assert torch.equal(grey, (images.float() / 255 - 0.286) / 0.353)
+    assert torch.equal(D.to_model_input(images.float() / 255, (0.286,), (0.353,)), grey)  # a client's [0, 1] floats
+    rgb = D.to_model_input(images, (0.286,), (0.353,), channels=3)
+    assert rgb.shape == (5, 3, 6, 6) and all(torch.equal(rgb[:, c:c + 1], grey) for c in range(3))
+    # grey repeated over RGB beforehand (what a client may send) gives the same input
+    assert torch.equal(D.to_model_input(images.expand(-1, 3, -1, -1).float() / 255, (0.286,), (0.353,)), rgb)
+    assert torch.equal(D.Batches(D.Split(images, torch.zeros(5, dtype=torch.int64), ["a"]), 5, (0.286,), (0.353,),
+                                 channels=3).normalize(images), rgb)
+    unit = D.to_model_input(images, channels=3)  # no statistics: [0, 1], as clients send images
+    assert torch.equal(unit, (images.float() / 255).expand(-1, 3, -1, -1))
+
+
+def test_model_input_averages_statistics_of_another_channel_count():
+    imagenet = D.NORMALIZATION["imagenet"]
+    grey = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    mean, std = torch.tensor(imagenet[0]).mean(), torch.tensor(imagenet[1]).mean()
+    assert torch.equal(D.to_model_input(grey, *imagenet), torch.full((1, 1, 2, 2), 1.0).sub(mean).div(std))
+    colour = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    x = D.to_model_input(colour, *imagenet, channels=3)
+    assert [round(v, 4) for v in x[0, :, 0, 0].tolist()] == [round(-m / s, 4) for m, s in zip(*imagenet)]
+    with pytest.raises(CompressionError, match="images have 3 channels, the model expects 1"):
+        D.to_model_input(colour, *imagenet, channels=1)
+
 def _write_images(root, classes, per_class, size=20):
     rng = np.random.default_rng(0)
     for c in classes:

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from compression import CompressionError
-from compression.models import adapt_input_channels, build_model, head, replace_head
+from compression.models import (adapt_input_channels, build_model, example_input, head, input_channels, model_spec,
+                                quantization_info, replace_head, update_spec)
 
 ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
          "vgg11", "regnet_y_400mf", "convnext_tiny"]
@@ -48,3 +49,22 @@ def test_bad_num_classes_and_weights():
         build_model("resnet18", 1)
     with pytest.raises(CompressionError, match="unknown weights 'IMAGENET9'"):
         build_model("resnet18", 10, weights="IMAGENET9")
+
+
+def test_example_input_follows_the_spec():
+    model = build_model("resnet18", 4, in_channels=1, input_size=28)
+    example = example_input(model)
+    assert example.shape == (1, 1, 28, 28) and not example.any()
+    assert example_input(model, batch=8, size=32).shape == (8, 1, 32, 32)
+    assert input_channels(model) == 1 and quantization_info(model) is None
+    with pytest.raises(CompressionError, match="model has no shrinkflow_spec"):
+        example_input(nn.Linear(2, 2))
+
+
+def test_spec_updates_only_touch_models_that_have_one():
+    model = build_model("resnet18", 4, 1, 28)
+    update_spec(model, pruned=True)
+    assert model_spec(model)["pruned"] is True and list(model_spec(model))[-1] == "pruned"
+    plain = nn.Linear(2, 2)
+    update_spec(plain, pruned=True)
+    assert model_spec(plain) == {} and not hasattr(plain, "shrinkflow_spec")

@@ -175,7 +175,7 @@ def test_failing_stage_marks_child_and_parent_failed_and_registers_nothing(prefe
 
 
 def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path):
-    from flows.cli import main
+    from cli.main import main
 
     out = tmp_path / "runs.csv"
     assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--csv", str(out)]) == 0
@@ -221,7 +221,7 @@ def test_imagenet_config_offline_with_weights_in_the_torch_cache(prefect, store,
     # the fetched file holds the weights from the torch cache (3-channel data: stem unchanged too)
     from compression.checkpoint import read_model_file
 
-    state = read_model_file(fetch.data.tags["shrinkflow.workdir"] + "/model.pt")["state_dict"]
+    state = read_model_file(fetch.data.tags["shrinkflow.workdir"] + "/pretrained.pt")["state_dict"]
     for key in ("conv1.weight", "layer1.0.conv1.weight", "fc.weight"):
         assert torch.equal(state[key], reference.state_dict()[key])
 
@@ -259,18 +259,18 @@ def test_stage_flows_run_one_stage_on_given_models(first_run, store):
     pruned = prune_flow("configs/smoke.yaml", student=f"file:{kd['path']}",
                         overrides={**store, "name": "prune-only", "prune.kd": False, "export.onnx": False})
     rows = {r["candidate"]: r for r in pruned["table"]}
-    assert rows["pruned"]["params"] < rows["teacher"]["params"]
+    assert rows["pruned"]["params"] < rows["unpruned"]["params"]
     resnet = next(r for r in first_run["table"] if r["candidate"] == "pruned")
     quantized = quantize_flow("configs/smoke.yaml", model=f"file:{resnet['path']}",
                               overrides={**store, "name": "quantize-only", "export.onnx": False,
                                          "quantize.modes": ["static"]})
     rows = {r["candidate"]: r for r in quantized["table"]}
-    assert list(rows) == ["teacher", "quantized_static"] and quantized["executed"][-3:] == ["quantize", "evaluate", "report"]
-    assert rows["quantized_static"]["size_bytes"] < rows["teacher"]["size_bytes"] / 2
+    assert list(rows) == ["float", "quantized_static"] and quantized["executed"][-3:] == ["quantize", "evaluate", "report"]
+    assert rows["quantized_static"]["size_bytes"] < rows["float"]["size_bytes"] / 2
 
 
 def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys):
-    from flows.cli import main
+    from cli.main import main
 
     code = main(["reproduce", first_run["run_id"], "--tracking-uri", store["tracking.uri"],
                  "--output-dir", str(tmp_path / "again")])
@@ -299,6 +299,13 @@ def _bad_inputs(tmp_path):
         Image.new("RGB", (8, 8)).save(one_class / f"{i}.png")
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("name: caf\xe9\nsource: scratch:resnet18\n".encode("latin-1"))
+    two_classes = tmp_path / "two-classes"
+    for name in ("cats", "dogs"):
+        (two_classes / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(two_classes / name / f"{i}.png")
     del torch
     return [
         ("unknown architecture", ["source=scratch:resnet81"], "unknown architecture 'resnet81'"),
@@ -321,6 +328,15 @@ def _bad_inputs(tmp_path):
         ("output directory not writable", [f"output_dir={a_file}/outputs"], "is not writable"),
         ("calibration size 0", ["quantize.calibration_size=0"], "quantize.calibration_size: calibration size must be at least 1"),
         ("unsupported quantization backend", ["quantize.backend=tpu"], "quantize.backend: backend 'tpu' is not supported"),
+        ("config not UTF-8", not_utf8, "not a UTF-8 text file"),
+        ("unknown tracking URI scheme", ["tracking.uri=mlflow+foo://host/x"], "unknown scheme 'mlflow'"),
+        ("infinite learning rate", ["distill.train.lr=inf"], "distill.train: lr must be a finite number, got inf"),
+        ("nan prune ratio", ["prune.ratio=nan"], "prune.ratio: Input should be a finite number"),
+        ("zero distillation epochs", ["distill.train.epochs=0"], "train.epochs must be at least 1 while distill"),
+        ("trim keeps no block", ["trim.keep_per_stage=0"], "every stage keeps at least 1 block"),
+        ("model file missing", ["source=file:/nonexistent/model.pt"], "model file /nonexistent/model.pt"),
+        ("class outside an image folder", ["data.name=image-folder", f"data.data_dir={two_classes}",
+                                           "data.classes=[0, 5]"], "class subset [5] out of range 0..1"),
     ]
 
 
@@ -329,7 +345,9 @@ CATALOGUE = ["unknown architecture", "unknown source", "registry model missing",
              "negative epochs", "prune ratio 1.5", "temperature 0", "alpha outside [0, 1]", "empty class subset",
              "class out of range", "missing dataset directory", "image folder with one class",
              "unreachable tracking server", "output directory not writable", "calibration size 0",
-             "unsupported quantization backend"]
+             "unsupported quantization backend", "config not UTF-8", "unknown tracking URI scheme",
+             "infinite learning rate", "nan prune ratio", "zero distillation epochs", "trim keeps no block",
+             "model file missing", "class outside an image folder"]
 
 
 @pytest.fixture(scope="module")
@@ -341,8 +359,9 @@ def bad_inputs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", CATALOGUE)
 def test_bad_input_catalogue(name, bad_inputs, first_run, store, capsys):
-    """Exit 2, one line naming the problem, no MLflow run left RUNNING, nothing new registered."""
-    from flows.cli import main
+    """Exit 2, exactly one line on stderr naming the problem (no traceback, also when a task finds it), no
+    MLflow run left RUNNING, nothing new registered."""
+    from cli.main import main
 
     client = MlflowClient(store["tracking.uri"])
 
@@ -360,12 +379,25 @@ def test_bad_input_catalogue(name, bad_inputs, first_run, store, capsys):
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
-    # progress lines may come first; the error is one line, the last
-    errors = [line for line in err if line.startswith("shrinkflow:")]
-    assert errors == [err[-1]] and errors[0].startswith("shrinkflow: error:") and message in errors[0], err
+    assert len(err) == 1 and err[0].startswith("shrinkflow: error:") and message in err[0], err
     experiment = client.get_experiment_by_name("smoke")
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
     assert versions() == registered_before
+
+
+def test_unexpected_failure_is_one_line_with_the_log_file(prefect, store, tmp_path, capsys):
+    """Not bad input (a tracking database that is not a database): exit 1, one line naming the log file,
+    and the log file holds the traceback."""
+    from cli.main import main
+
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not an sqlite database" * 100)
+    code = main(["run", "configs/smoke.yaml", "--set", f"tracking.uri=sqlite:///{broken}",
+                 "--set", f"output_dir={store['output_dir']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("shrinkflow: run failed: "), err
+    log_file = err[0].rsplit("(traceback in ", 1)[1].rstrip(")")
+    assert "Traceback (most recent call last)" in open(log_file).read()
 
 
 def test_transient_fetch_failure_is_retried(prefect, store, tmp_path, monkeypatch):

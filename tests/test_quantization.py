@@ -72,28 +72,3 @@ def test_bad_quantization_settings_fail_clearly(trained, tmp_path):
         export_onnx(q, example, tmp_path / "q.onnx")
     assert "x86" in supported_backends()
 
-
-@pytest.mark.parametrize("throughput, latency, verdict", [
-    (900.0, 0.8, "faster at batch 1, faster in throughput"), (400.0, 1.4, "slower at batch 1, slower in throughput"),
-    (900.0, 1.4, "slower at batch 1, faster in throughput"), (510.0, 0.99, "about as fast at batch 1, about as fast in throughput")])
-def test_report_says_whether_the_int8_model_is_faster_than_its_float_source(throughput, latency, verdict):
-    from tasks.report import speed_notes
-
-    rows = [{"candidate": "teacher", "sha256": "t", "throughput_ips": 100.0, "latency_p50_ms": 9.0, "size_bytes": 40},
-            {"candidate": "pruned", "sha256": "p", "throughput_ips": 500.0, "latency_p50_ms": 1.0, "size_bytes": 40,
-             "source_sha256": None},
-            {"candidate": "quantized_static", "sha256": "q", "source_sha256": "p", "throughput_ips": throughput,
-             "latency_p50_ms": latency, "size_bytes": 10}]
-    [note] = speed_notes(rows)
-    assert note.startswith(f"quantized_static against pruned (the float model it was made from): {verdict} on this CPU;")
-    assert f"throughput {throughput / 500:.2f}x" in note and "file 4.0x smaller" in note
-
-
-def test_report_does_not_claim_a_smaller_file_for_int8_that_only_touches_the_head():
-    from tasks.report import speed_notes
-
-    rows = [{"candidate": "pruned", "sha256": "p", "throughput_ips": 500.0, "latency_p50_ms": 1.0, "size_bytes": 400},
-            {"candidate": "quantized_dynamic", "sha256": "d", "source_sha256": "p", "throughput_ips": 505.0,
-             "latency_p50_ms": 1.0, "size_bytes": 398}]
-    [note] = speed_notes(rows)
-    assert "about as fast at batch 1, about as fast in throughput" in note and note.endswith("file about the same size.")

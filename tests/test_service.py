@@ -1,9 +1,10 @@
 """shrinkflow as a service, for real on 127.0.0.1: Prefect server, MLflow server, a process worker, the
 deployments of deployments/prefect.yaml, `prefect deployment run --param`, and the MLflow REST API."""
 
-import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -54,15 +55,12 @@ def postgres_url():
         shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def stack(request, tmp_path_factory):
-    state = tmp_path_factory.mktemp(f"stack-{request.param}")
-    env = {**os.environ, "STACK_DIR": str(state), "PREFECT_PORT": str(_free_port()),
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A SQLite stack started by deployments/stack.sh on free ports, for the checks that need a live server."""
+    state = tmp_path_factory.mktemp("stack")
+    env = {**_clean_env(), "STACK_DIR": str(state), "PREFECT_PORT": str(_free_port()),
            "MLFLOW_PORT": str(_free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DATABASE_URL"):
-        env.pop(key, None)
-    if request.param == "postgresql":
-        env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
     try:
         started = subprocess.run([str(STACK), "start"], env=env, timeout=180, capture_output=True, text=True)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -71,58 +69,120 @@ def stack(request, tmp_path_factory):
             key, _, value = line.removeprefix("export ").partition("=")
             env[key] = value
         env["PREFECT_HOME"] = str(state / "prefect-home")
-        yield {"env": env, "state": state, "backend": request.param}
+        yield {"env": env, "state": state}
     finally:
         subprocess.run([str(STACK), "stop"], env=env, timeout=60)
 
 
-def _prefect(stack, *args, timeout=120):
-    return subprocess.run([str(BIN / "prefect"), *args], cwd=PROJECT_ROOT, env=stack["env"], capture_output=True,
-                          text=True, timeout=timeout)
+def _clean_env() -> dict:
+    env = dict(os.environ)
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DATABASE_URL"):
+        env.pop(key, None)
+    return env
+
+
+def readme_service_commands() -> list[str]:
+    """The commands of README's "Run as a service" block, continuation lines joined, comments dropped."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text[text.index("## Run as a service"):]
+    start = section.index("```bash") + len("```bash")
+    block = section[start:section.index("```", start)].replace("\\\n", " ")
+    commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+    return [c for c in commands if c]
+
+
+@pytest.fixture(scope="module")
+def local_run():
+    """What a user has done before the service section: a local run of the same config, with its own Prefect
+    home and MLflow store, writing the same project outputs (and cache records) the stack will find."""
+    local = Path(tempfile.mkdtemp(prefix="shrinkflow-local-"))
+    env = {**_clean_env(), "PREFECT_HOME": str(local / "prefect-home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{local / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "cli", "run", "configs/smoke.yaml"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr + done.stdout[-3000:]
+    return local
+
+
+def _bash(script: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _mlflow_runs(url: str, experiment: str) -> list[dict]:
+    found = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment})
+    runs = httpx.post(f"{url}/api/2.0/mlflow/runs/search", json={
+        "experiment_ids": [found.raise_for_status().json()["experiment"]["experiment_id"]], "max_results": 1000})
+    return [{"id": r["info"]["run_id"], "status": r["info"]["status"],
+             "tags": {t["key"]: t["value"] for t in r["data"].get("tags", [])},
+             "params": {p["key"]: p["value"] for p in r["data"].get("params", [])}}
+            for r in runs.raise_for_status().json()["runs"]]
+
+
+def _check_service_runs(env: dict, deploy_output: str) -> None:
+    """Both deployment runs completed; every stage run a pipeline names lives in the stack's MLflow."""
+    assert deploy_output.count("Completed") >= 2, deploy_output
+    runs = _mlflow_runs(env["MLFLOW_TRACKING_URI"], "smoke")
+    by_id = {r["id"]: r for r in runs}
+    parents = sorted((r for r in runs if r["tags"].get("shrinkflow.kind") == "pipeline"),
+                     key=lambda r: r["params"]["prune.ratio"])
+    assert [p["params"]["prune.ratio"] for p in parents] == ["0.5", "0.6"]
+    assert all(r["status"] == "FINISHED" for r in runs)
+    for parent in parents:
+        assert parent["tags"]["prefect_deployment"] == "on-demand" and parent["tags"]["prefect_flow_run_id"]
+        stages = {k: v for k, v in parent["tags"].items() if k.startswith("stage.") and k.endswith(".run_id")}
+        assert len(stages) == 11 and all(by_id[run_id]["status"] == "FINISHED" for run_id in stages.values())
+    first, second = ({k: v for k, v in p["tags"].items() if k.endswith(".cached")} for p in parents)
+    assert first["stage.finetune.cached"] == "false"  # the local run's record names another store's runs
+    assert second["stage.finetune.cached"] == "true" and second["stage.prune.cached"] == "false"
+
+
+def _check_bad_parameter_fails_in_one_line(env: dict) -> None:
+    bad = _bash("""eval "$(deployments/stack.sh env)"
+.venv/bin/prefect deployment run 'compress/on-demand' --param config=configs/smoke.yaml \\
+    --param overrides='{"prune.ratio": 1.5}' --watch || true""", env, 600)
+    failed = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={
+        "flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}, "limit": 5, "sort": "EXPECTED_START_TIME_DESC"})
+    messages = [run["state"]["message"] for run in failed.raise_for_status().json()]
+    assert messages and "prune.ratio: Input should be less than 1" in messages[0], bad.stdout + bad.stderr
+    assert "\n" not in messages[0].strip() and "Traceback" not in messages[0]
 
 
 @pytest.mark.slow
-def test_deploy_run_with_params_on_a_worker_and_find_the_runs_over_mlflow_rest(stack, tmp_path):
-    env = stack["env"]
-    subprocess.run([str(STACK), "worker"], env=env, check=True, timeout=120)
-    deploy = subprocess.run(
-        [str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
-         "--name", "compress/nightly", "--name", "compress/on-demand", "--name", "pretrain/on-demand"],
-        cwd=PROJECT_ROOT, env={**env, "SHRINKFLOW_HOME": str(PROJECT_ROOT)}, capture_output=True, text=True,
-        timeout=300)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-
-    # the nightly schedule is registered on the server
-    api = env["PREFECT_API_URL"]
-    nightly = httpx.get(f"{api}/deployments/name/compress/nightly").raise_for_status().json()
-    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
-    assert nightly["work_pool_name"] == "shrinkflow-process"
-
-    overrides = {"prune.ratio": 0.6, "output_dir": str(tmp_path / "outputs"), "tracking.experiment": "service",
-                 "export.onnx": False}
-    run = _prefect(stack, "deployment", "run", "compress/on-demand", "--param", "config=configs/smoke.yaml",
-                   "--param", f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "600", timeout=700)
-    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + \
-        (stack["state"] / "worker.log").read_text()[-3000:]
-
-    mlflow_url = env["MLFLOW_TRACKING_URI"]
-    experiment = httpx.get(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
-                           params={"experiment_name": "service"}).raise_for_status().json()["experiment"]
-    runs = httpx.post(f"{mlflow_url}/api/2.0/mlflow/runs/search",
-                      json={"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
-                      ).raise_for_status().json()["runs"]
-    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
-    parents = [r for r, t in zip(runs, tags) if t.get("shrinkflow.kind") == "pipeline"]
-    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
-    parent_tags = {t["key"]: t["value"] for t in parents[0]["data"]["tags"]}
-    assert parent_tags["prefect_deployment"] == "on-demand" and parent_tags["prefect_flow_run_id"]
-    params = {p["key"]: p["value"] for p in parents[0]["data"]["params"]}
-    assert params["prune.ratio"] == "0.6"
-    children = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parents[0]["info"]["run_id"]]
-    assert len(children) == 10 and all(c["info"]["status"] == "FINISHED" for c in children)
-    evaluate = next(c for c in children if c["info"]["run_name"] == "evaluate")
-    metrics = {m["key"] for m in evaluate["data"]["metrics"]}
-    assert {"teacher.accuracy", "pruned.accuracy", "pruned.latency_p50_ms"} <= metrics
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_readme_service_section_in_order_after_a_local_run(backend, local_run, request, tmp_path):
+    """README's commands as printed, in order (the foreground worker in a second process, as in another
+    shell), on free ports and a state directory of this test's own."""
+    commands = readme_service_commands()
+    assert commands[0] == "make server" and commands[-1] == "make server-stop" and "make worker" in commands
+    env = {**_clean_env(), "STACK_DIR": str(tmp_path / "stack"), "PREFECT_PORT": str(_free_port()),
+           "MLFLOW_PORT": str(_free_port()), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    if backend == "postgresql":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    worker_at = commands.index("make worker")
+    worker = None
+    try:
+        setup = _bash("\n".join(commands[:worker_at]), env, 600)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        api = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
+        nightly = httpx.get(f"{api}/deployments/name/compress/nightly").raise_for_status().json()
+        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+        assert nightly["work_pool_name"] == "shrinkflow-process"
+        worker = subprocess.Popen(["bash", "-c", commands[worker_at]], cwd=PROJECT_ROOT, env=env,
+                                  stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        runs = _bash("\n".join(commands[worker_at + 1:-1]), env, 1500)
+        assert runs.returncode == 0, runs.stdout + runs.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+        env.update(PREFECT_API_URL=api, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{env['MLFLOW_PORT']}")
+        _check_service_runs(env, runs.stdout)
+        _check_bad_parameter_fails_in_one_line(env)
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+        stopped = _bash(commands[-1], env, 120)
+    assert stopped.returncode == 0 and "stopped prefect" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert not list((tmp_path / "stack").glob("*.pid"))
 
 
 def test_docker_files_are_consistent_and_hold_no_secrets():
@@ -165,68 +225,17 @@ def test_prefect_yaml_deployments():
 
 
 @pytest.mark.slow
-def test_mlflow_ui_shows_the_runs_in_headless_chromium(stack, tmp_path):
-    """Runs after the deployment test on the same stack: the UI lists the pipeline's runs."""
-    chromium = shutil.which("chromium")
-    if stack["backend"] != "sqlite":
-        pytest.skip("the UI is checked once, on the SQLite stack")
-    if chromium is None:
-        pytest.skip("needs Debian's chromium (CI installs it)")
-    url = stack["env"]["MLFLOW_TRACKING_URI"]
-    experiment = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
-                           params={"experiment_name": "service"}).raise_for_status().json()["experiment"]
-    page = f"{url}/#/experiments/{experiment['experiment_id']}/runs"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    assert "smoke-compress" in dom
-    shot = PROJECT_ROOT / "outputs" / "test-artifacts" / "mlflow-ui.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
-    assert shot.stat().st_size > 10_000
-
-
-@pytest.mark.slow
-def test_credentials_never_reach_params_tags_or_artifacts(stack, tmp_path, monkeypatch):
-    if stack["backend"] != "sqlite":
-        pytest.skip("checked once, on the SQLite stack")
-    from mlflow.tracking import MlflowClient
-
-    from flows.cli import main
-
-    secret, s3_secret = "fake-pw-8c1f", "fake-s3-secret-77aa"
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_secret)
-    url = stack["env"]["MLFLOW_TRACKING_URI"]
-    with_password = url.replace("http://", f"http://alice:{secret}@")
-    code = main(["run", "configs/smoke.yaml", "--set", f"tracking.uri={with_password}",
-                 "--set", f"output_dir={tmp_path / 'outputs'}", "--set", "tracking.experiment=secrets",
-                 "--set", "name=secrets", "--set", "register.model_name=secrets-model"])
-    assert code == 0
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name("secrets")
-    seen = []
-    for run in client.search_runs([experiment.experiment_id]):
-        seen += list(run.data.params.values()) + list(run.data.tags.values())
-        for artifact in client.list_artifacts(run.info.run_id):
-            if artifact.path.endswith((".yaml", ".json", ".md", ".csv")):
-                seen.append(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
-    for version in client.search_model_versions("name='secrets-model'"):
-        seen += list(version.tags.values())
-    text = "\n".join(seen)
-    assert "alice:***@" in text and secret not in text and s3_secret not in text
-
-
-@pytest.mark.slow
-def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
-    if stack["backend"] != "sqlite":
-        pytest.skip("checked once, on the SQLite stack")
+def test_four_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged(stack, tmp_path):
+    """Four pipelines at once on the stack's Prefect and MLflow servers, with a password in the tracking URI
+    and an S3 secret in the environment: all finish, and neither secret reaches params, tags or artifacts."""
     from mlflow.tracking import MlflowClient
 
     url, api = stack["env"]["MLFLOW_TRACKING_URI"], stack["env"]["PREFECT_API_URL"]
+    secret, s3_secret = "fake-pw-8c1f", "fake-s3-secret-77aa"
     completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
     before = httpx.post(f"{api}/flow_runs/count", json=completed).json()
-    run_concurrent_pipelines(tmp_path, url, "concurrent-server", prefect_api_url=api)
+    run_concurrent_pipelines(tmp_path, url.replace("http://", f"http://alice:{secret}@"), "concurrent-server",
+                             prefect_api_url=api, extra_env={"AWS_SECRET_ACCESS_KEY": s3_secret})
     assert httpx.post(f"{api}/flow_runs/count", json=completed).json() == before + 4  # all on the shared server
     client = MlflowClient(url)
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
@@ -234,6 +243,43 @@ def test_four_concurrent_pipelines_into_one_mlflow_server(stack, tmp_path):
     assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2", "3"]
     assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 40
     assert all({"teacher.accuracy", "pruned.accuracy", "kd_gain"} <= set(r.data.metrics) for r in parents)
+    text = _everything_logged(client, runs, "concurrent-server-model", tmp_path)
+    assert "alice:***@" in text and secret not in text and s3_secret not in text
+
+
+def _everything_logged(client, runs, model_name: str, tmp_path: Path) -> str:
+    seen = []
+    for run in runs:
+        seen += list(run.data.params.values()) + list(run.data.tags.values())
+        for artifact in client.list_artifacts(run.info.run_id):
+            if artifact.path.endswith((".yaml", ".json", ".md", ".csv")):
+                seen.append(Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path))).read_text())
+    for version in client.search_model_versions(f"name='{model_name}'"):
+        seen += list(version.tags.values())
+    return "\n".join(seen)
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_the_runs_in_headless_chromium(stack, tmp_path):
+    """Runs after the concurrency test on the same stack: the UI opens the experiment as model training and
+    lists the pipeline runs with their dataset."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (CI installs it)")
+    url = stack["env"]["MLFLOW_TRACKING_URI"]
+    experiment = httpx.get(f"{url}/api/2.0/mlflow/experiments/get-by-name",
+                           params={"experiment_name": "concurrent-server"}).raise_for_status().json()["experiment"]
+    page = f"{url}/#/experiments/{experiment['experiment_id']}/runs"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000", "--virtual-time-budget=20000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    assert "p0-seed0-compress" in dom and "fashion-mnist-train" in dom
+    assert "Evaluation runs" not in dom
+    shot = PROJECT_ROOT / "outputs" / "test-artifacts" / "mlflow-ui.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    assert shot.stat().st_size > 10_000
 
 
 def test_serve_entry_point_builds_every_deployment():

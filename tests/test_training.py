@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from compression import CompressionError
-from compression.data import Batches, load_dataset
+from compression.data import Batches, Split, load_dataset
 from compression.measure import evaluate_classifier, profile, timed_calls
 from compression.models import build_model
-from compression.training import TrainConfig, fit, seed_everything
+from compression.training import Progress, TrainConfig, cross_entropy, fit, seed_everything, train_one_epoch
 from compression.transfer import freeze_backbone_for, transfer_param_groups
 
 
@@ -159,3 +159,22 @@ def test_confusion_and_per_class_accuracy():
     m = classification_metrics(logits, labels, 2)
     assert m["accuracy"] == 0.5 and m["confusion"] == [[1, 0], [2, 1]]
     assert m["per_class_accuracy"] == pytest.approx([1.0, 1 / 3])
+
+
+def test_one_epoch_row_and_progress_lines(caplog):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (40,))
+    batches = Batches(Split(images, labels, ["a", "b"]), 8, (0.5,), (0.25,), shuffle=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    progress = Progress("tiny", epochs=2, total_batches=2 * len(batches), every_seconds=0)
+    with caplog.at_level("INFO", logger="shrinkflow"):
+        row = train_one_epoch(model, batches, cross_entropy(), optimizer, torch.device("cpu"), progress=progress,
+                              epoch=0, name="tiny")
+        progress.epoch_done(row, stopped_early=False)
+    assert list(row) == ["epoch", "train_loss", "train_acc", "lr", "epoch_time", "images_per_s"]
+    assert row["epoch"] == 1 and row["lr"] == 0.1 and 0 <= row["train_acc"] <= 1 and row["train_loss"] > 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("[tiny] epoch 1/2  10%  loss ") and "ETA" in lines[0]
+    assert len(lines) == len(batches) + 1 and lines[-1].startswith("[tiny] epoch 1/2  loss ")

@@ -1,6 +1,7 @@
 """`shrinkflow` command line: run, reproduce, compare, demo.
 
-Bad input ends with one line on stderr and exit code 2; a failed run with exit code 1.
+Bad input ends with one line on stderr and exit code 2; a failed run or a bug with one line, the path of
+the log file that holds the traceback, and exit code 1. Progress and results go to stdout (cli/console.py).
 """
 
 from __future__ import annotations
@@ -13,22 +14,15 @@ import tempfile
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from tasks.config import PROJECT_ROOT
 
 
-def _setup_logging(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+def _environment_defaults(verbose: bool) -> None:
+    """Prefect reads its settings when imported: set them first."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # all of it reaches the log file; the console gets shrinkflow's own lines
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("shrinkflow")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    for noisy in ("mlflow", "alembic", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _flow(name: str):
@@ -53,25 +47,44 @@ def _print_result(result: dict) -> None:
 def cmd_run(args) -> int:
     from tasks.config import load_config, parse_set_options
 
+    from tasks.preflight import preflight
+
     overrides = parse_set_options(args.set or [])
-    load_config(args.config, overrides)  # validate before starting Prefect
+    preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
     result = _flow(args.flow)(config=args.config, overrides=overrides)
     _print_result(result)
     return 0
 
 
 def _pipeline_runs(tracking_uri: str | None, experiment: str):
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     from tasks.tracking import check_tracking, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     check_tracking(uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         raise LookupError(f"experiment {experiment!r} not found at {uri}")
-    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`shrinkflow.kind` = 'pipeline'",
-                              order_by=["start_time DESC"])
+    runs = client.search_runs([found.experiment_id], "tags.`shrinkflow.kind` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=10000)
+    return _runs_frame(runs)
+
+
+def _runs_frame(runs):
+    """The columns `mlflow.search_runs` would give, from MlflowClient runs (no process-global state)."""
+    import pandas as pd
+
+    rows = [{"run_id": r.info.run_id, "status": r.info.status,
+             **{f"tags.{k}": v for k, v in r.data.tags.items()},
+             **{f"params.{k}": v for k, v in r.data.params.items()},
+             **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
+    frame = pd.DataFrame(rows)
+    for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed"):
+        if column not in frame:
+            frame[column] = None
+    return frame
 
 
 def cmd_compare(args) -> int:
@@ -96,8 +109,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    import mlflow
     import yaml
+    from mlflow.exceptions import MlflowException
 
     from tasks.config import config_from_dict
     from tasks.tracking import check_tracking, default_tracking_uri, make_client
@@ -107,11 +120,11 @@ def cmd_reproduce(args) -> int:
     client = make_client(uri)
     try:
         original = client.get_run(args.run_id)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         raise LookupError(f"run {args.run_id} not found at {uri}") from None
     if original.data.tags.get("shrinkflow.kind") != "pipeline":
         raise LookupError(f"run {args.run_id} is not a shrinkflow pipeline run")
-    path = mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="config.yaml", tracking_uri=uri)
+    path = client.download_artifacts(args.run_id, "config.yaml", tempfile.mkdtemp(prefix="shrinkflow-reproduce-"))
     raw = yaml.safe_load(Path(path).read_text())
     raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
     # A fresh output directory: every stage really runs again instead of coming from the cache.
@@ -152,7 +165,8 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shrinkflow", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines too")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's log lines and tracebacks on stderr (else only in the log file)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a pipeline config")
     run.add_argument("config", help="YAML config (relative to the project root or the current directory)")
@@ -174,24 +188,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    from compression import CompressionError
-    from tasks.config import ConfigError
+BAD_INPUT = ("ConfigError", "CompressionError", "LookupError", "ConnectionError", "PermissionError",
+             "ParameterTypeError", "FileNotFoundError")
 
+
+def _is_bad_input(exc: BaseException) -> bool:
+    """Failures the user can fix: ours (ConfigError, CompressionError), a missing run or experiment, an
+    unreachable server, a file that cannot be read, a flow parameter of the wrong type."""
+    return any(cls.__name__ in BAD_INPUT for cls in type(exc).__mro__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
     try:
         return args.func(args)
-    except (ConfigError, CompressionError, LookupError, ConnectionError, PermissionError) as exc:
-        print(f"shrinkflow: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("shrinkflow: interrupted", file=sys.stderr)
+        print("shrinkflow: interrupted", file=real_stderr)
         return 130
-    except Exception as exc:  # a failed run: the MLflow runs are already marked FAILED
-        print(f"shrinkflow: run failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line; the traceback goes to the log
+        logging.getLogger("shrinkflow.cli").debug("command failed", exc_info=True)
+        log_stream.flush()
+        if _is_bad_input(exc):
+            print(f"shrinkflow: error: {_one_line(exc)}", file=real_stderr)
+            return 2
+        # A failed run: its MLflow runs are already marked FAILED.
+        print(f"shrinkflow: run failed: {type(exc).__name__}: {_one_line(exc)} (traceback in {log_path})",
+              file=real_stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _environment_defaults(args.verbose)
+    from cli.console import new_log_file, redirected_stderr, routed_logging
+
+    log_path = new_log_file()
+    with open(log_path, "a", buffering=1) as log_stream, routed_logging(log_stream, args.verbose), \
+            redirected_stderr(log_stream, args.verbose) as real_stderr:
+        return _run_command(args, log_path, log_stream, real_stderr)
 
 
 if __name__ == "__main__":

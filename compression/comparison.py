@@ -1,0 +1,57 @@
+"""How candidates compare, from their evaluation rows (one dict per candidate, as `evaluate` makes them):
+ratios against a reference model, what distillation gained, and whether an int8 model is faster than the
+float model it was made from."""
+
+from __future__ import annotations
+
+# Two identical models differ by up to this factor in speed on a shared CPU: within it is not a speed-up.
+SPEED_MARGIN = 1.1
+# A file at least this many times smaller is reported as smaller.
+SIZE_MARGIN = 1.05
+
+
+def reference_row(rows: list[dict], reference: str = "teacher") -> dict:
+    """The row of the candidate named `reference`, else the first row."""
+    return next((row for row in rows if row["candidate"] == reference), rows[0])
+
+
+def with_ratios(rows: list[dict], reference: str = "teacher") -> list[dict]:
+    """Copies of the rows with accuracy_drop, params_x, macs_x (how many times smaller) and speedup
+    (throughput, how many times faster) against the reference."""
+    ref = reference_row(rows, reference)
+    return [{**row,
+             "accuracy_drop": ref["accuracy"] - row["accuracy"],
+             "params_x": ref["params"] / row["params"],
+             "macs_x": ref["macs"] / row["macs"],
+             "speedup": row["throughput_ips"] / ref["throughput_ips"]} for row in rows]
+
+
+def kd_gain(rows: list[dict]) -> float | None:
+    """Test accuracy of the KD student minus the same student trained without KD; None without both."""
+    acc = {r["candidate"]: r["accuracy"] for r in rows}
+    if "student_kd" in acc and "student_plain" in acc:
+        return acc["student_kd"] - acc["student_plain"]
+    return None
+
+
+def speed_word(gain: float) -> str:
+    """'faster', 'slower' or 'about as fast' for a speed ratio (above 1: faster)."""
+    return "faster" if gain > SPEED_MARGIN else "slower" if gain < 1 / SPEED_MARGIN else "about as fast"
+
+
+def _speed_note(row: dict, source: dict) -> str:
+    throughput = row["throughput_ips"] / source["throughput_ips"]
+    latency = source["latency_p50_ms"] / row["latency_p50_ms"]
+    smaller = source["size_bytes"] / row["size_bytes"]
+    size = f"file {smaller:.1f}x smaller" if smaller >= SIZE_MARGIN else "file about the same size"
+    return (f"{row['candidate']} against {source['candidate']} (the float model it was made from): "
+            f"{speed_word(latency)} at batch 1, {speed_word(throughput)} in throughput on this CPU; "
+            f"throughput {throughput:.2f}x, latency p50 {row['latency_p50_ms']:.2f} vs "
+            f"{source['latency_p50_ms']:.2f} ms, {size}.")
+
+
+def speed_notes(rows: list[dict]) -> list[str]:
+    """One measured sentence per candidate made from another one in the rows (int8 from its float source,
+    found by `source_sha256`): faster or not, at batch 1 and in throughput, and how much smaller its file is."""
+    by_sha = {r["sha256"]: r for r in rows}
+    return [_speed_note(row, by_sha[row["source_sha256"]]) for row in rows if row.get("source_sha256") in by_sha]

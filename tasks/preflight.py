@@ -1,0 +1,40 @@
+"""Checks of a config against the world, before any work and before Prefect starts where the CLI runs them:
+the tracking store, the output directory, the data directory and a model file named as the source.
+
+Each failure is one line naming the problem (exit code 2 from the CLI); the flows run the same checks, so a
+deployment run with a bad parameter fails at once with that line as its message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compression import CompressionError
+from tasks.config import PipelineConfig
+from tasks.tracking import check_tracking, default_tracking_uri
+
+
+def ensure_writable(directory) -> None:
+    """Fail before any work when outputs cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CompressionError(f"output directory {directory} is not writable ({exc.strerror or type(exc).__name__})") from None
+
+
+def preflight(cfg: PipelineConfig) -> str:
+    """Run every check; returns the tracking URI the pipeline logs to."""
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    check_tracking(tracking_uri)
+    ensure_writable(cfg.resolve(cfg.output_dir))
+    data_dir = cfg.data.data_dir  # read as the data loaders read it
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CompressionError(f"data directory {data_dir} does not exist")
+    if cfg.source.startswith("file:"):
+        path = cfg.resolve(cfg.source.removeprefix("file:"))
+        if not path.is_file():
+            raise CompressionError(f"model file {path} does not exist")
+    return tracking_uri
