@@ -25,7 +25,7 @@ demo: $(STAMP) data
 	$(BIN)/shrinkflow demo
 
 test: $(STAMP) data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow"
@@ -46,19 +46,20 @@ worker: $(STAMP)
 deploy: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && deployments/stack.sh pool && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect \
 	  --no-prompt deploy --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand \
-	  --name pretrain/on-demand
+	  --name pretrain/on-demand --name search/on-demand
 
 # Every deployment served from one process, no work pool (development).
 serve: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
-# Every benchmark (about 70 min on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
+# Every benchmark (about two hours on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
 bench: $(STAMP) data
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/datapath.py
 	$(BIN)/python bench/logging_cost.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/compression_results.py
+	$(BIN)/python bench/search.py
 	$(BIN)/python bench/report.py
 
 # docs/benchmarks.md again from the results already in bench/results/.

@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tasks.config import PROJECT_ROOT  # noqa: E402
+
 RESULTS = PROJECT_ROOT / "bench" / "results"
 WORK = PROJECT_ROOT / "bench" / ".work"
 QUICK = os.environ.get("BENCH_QUICK") == "1"

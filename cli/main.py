@@ -46,7 +46,6 @@ def _print_result(result: dict) -> None:
 
 def cmd_run(args) -> int:
     from tasks.config import load_config, parse_set_options
-
     from tasks.preflight import preflight
 
     overrides = parse_set_options(args.set or [])
@@ -56,7 +55,39 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _pipeline_runs(tracking_uri: str | None, experiment: str):
+def cmd_search(args) -> int:
+    from flows.search import search
+    from tasks.config import load_config, parse_set_options
+    from tasks.preflight import check_dask, preflight
+
+    overrides = parse_set_options(args.set or [])
+    if args.dask_address:
+        overrides["search.dask_address"] = args.dask_address
+    cfg = load_config(args.config, overrides)
+    preflight(cfg)
+    check_dask(cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS"))
+    result = search(config=args.config, overrides=overrides)
+    _print_search(result)
+    return 0
+
+
+def _print_search(result: dict) -> None:
+    plan, trials = result["plan"], result["trials"]
+    completed = [t for t in trials if t["state"] == "COMPLETE"]
+    print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
+    print(f"budget: {plan['metric']} <= {plan['limit']:,.0f} (teacher {plan['teacher'][plan['metric']]:,.0f}); "
+          f"{len(completed)} trials completed, {len(trials) - len(completed)} failed; "
+          f"{len(result['finalists'])} trained again at full epochs")
+    print("\n" + result["markdown"] + "\n")
+    if result.get("registered"):
+        reg = result["registered"]
+        print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, test accuracy "
+              f"{reg['accuracy']:.4f})")
+    else:
+        print("nothing registered: no trial completed")
+
+
+def _runs(tracking_uri: str | None, experiment: str, filter_string: str):
     from mlflow.tracking import MlflowClient
 
     from tasks.tracking import check_tracking, default_tracking_uri
@@ -67,8 +98,8 @@ def _pipeline_runs(tracking_uri: str | None, experiment: str):
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise LookupError(f"experiment {experiment!r} not found at {uri}")
-    runs = client.search_runs([found.experiment_id], "tags.`shrinkflow.kind` = 'pipeline'",
-                              order_by=["attributes.start_time DESC"], max_results=10000)
+    runs = client.search_runs([found.experiment_id], filter_string, order_by=["attributes.start_time DESC"],
+                              max_results=10000)
     return _runs_frame(runs)
 
 
@@ -81,21 +112,41 @@ def _runs_frame(runs):
              **{f"params.{k}": v for k, v in r.data.params.items()},
              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
     frame = pd.DataFrame(rows)
-    for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed"):
+    for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "params.trial",
+                   "tags.error"):
         if column not in frame:
             frame[column] = None
     return frame
 
 
-def cmd_compare(args) -> int:
-    runs = _pipeline_runs(args.tracking_uri, args.experiment)
-    if runs.empty:
-        print(f"no pipeline runs in experiment {args.experiment!r}")
-        return 0
+def _pipelines_table(runs):
     metric_cols = sorted(c for c in runs.columns if c.startswith("metrics.") and
                          (c.endswith(".accuracy") or c == "metrics.kd_gain"))
-    table = runs[["run_id", "tags.mlflow.runName", "status", "tags.shrinkflow.config_hash", "params.seed"] + metric_cols]
-    table = table.rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("tags.").removeprefix("params."))
+    return runs[["run_id", "tags.mlflow.runName", "status", "tags.shrinkflow.config_hash", "params.seed"] + metric_cols]
+
+
+def _trials_table(runs):
+    """A search's trials: number, status, the settings that varied, what they measured, the error if any."""
+    settings = sorted(c for c in runs.columns if c.startswith("params.") and c not in (
+        "params.trial", "params.full_fidelity", "params.seed"))
+    measured = [c for c in ("metrics.accuracy", "metrics.macs", "metrics.params", "metrics.size_bytes")
+                if c in runs.columns]
+    table = runs[["params.trial", "tags.mlflow.runName", "status", *settings, *measured, "tags.error", "run_id"]]
+    return table.assign(order=table["params.trial"].astype(int)).sort_values("order").drop(columns="order")
+
+
+def cmd_compare(args) -> int:
+    if args.search:
+        runs = _runs(args.tracking_uri, args.experiment, f"tags.`mlflow.parentRunId` = '{args.search}' and "
+                                                         "tags.`shrinkflow.kind` = 'trial'")
+        what, table = "trials of search run " + args.search, _trials_table if not runs.empty else None
+    else:
+        runs = _runs(args.tracking_uri, args.experiment, "tags.`shrinkflow.kind` = 'pipeline'")
+        what, table = f"pipeline runs in experiment {args.experiment!r}", _pipelines_table
+    if runs.empty:
+        print(f"no {what}")
+        return 0
+    table = table(runs).rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("tags.").removeprefix("params."))
     table = table.rename(columns={"mlflow.runName": "run_name", "shrinkflow.config_hash": "config_hash"})
     if args.csv:
         table.to_csv(args.csv, index=False)
@@ -178,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri")
     rep.add_argument("--output-dir", help="where the re-run writes (default outputs/reproduce/<run-id>)")
     rep.set_defaults(func=cmd_reproduce)
+    srch = sub.add_parser("search", help="search for the most accurate model within a budget (Optuna trials on Dask)")
+    srch.add_argument("config", help="YAML config with a search: section")
+    srch.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted-key override, e.g. search.trials=12")
+    srch.add_argument("--dask-address", help="tcp://host:8786 of a running Dask scheduler (default: a local cluster)")
+    srch.set_defaults(func=cmd_search)
     cmp_ = sub.add_parser("compare", help="table of the pipeline runs of an experiment")
     cmp_.add_argument("--experiment", default="shrinkflow")
     cmp_.add_argument("--tracking-uri")
     cmp_.add_argument("--csv", help="write the table to this CSV file instead of printing it")
+    cmp_.add_argument("--search", metavar="RUN_ID", help="the trials of this search run instead")
     cmp_.set_defaults(func=cmd_compare)
     demo = sub.add_parser("demo", help="pretrain, then compress: the quickstart")
     demo.set_defaults(func=cmd_demo)

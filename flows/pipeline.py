@@ -59,16 +59,21 @@ class StageRunner:
             self.candidates[ref["name"]] = ref
         return refs[0] if refs else None
 
-    def finish(self, data: dict, final: ModelRef, register_best: bool) -> dict:
+    def finish(self, data: dict, final: ModelRef, register_best: bool, choose=None) -> dict:
         """Evaluate every candidate, export the reference (the first candidate) and the `final` float model,
-        report, optionally register; the flow's return value."""
+        report, optionally register; the flow's return value. `choose(rows)` may name the candidate to
+        register and its alias (else register's own policy picks; None: nothing is registered)."""
         candidates = self.candidates
         rows = self(evaluate, data=data, candidates=candidates)["rows"]
         if self.cfg.export.onnx:
             targets = {ref["name"]: ref for ref in (next(iter(candidates.values())), final)}
             rows = with_onnx(rows, self(export, data=data, models=targets)["exports"])
         summary = self(report, rows=rows)
-        registered = self(register, data=data, rows=rows) if register_best else None
+        registered = None
+        if register_best:
+            choice = choose(rows) if choose else None
+            if choose is None or choice is not None:
+                registered = self(register, data=data, rows=rows, choice=choice)
         self.parent.log_metrics({"stages_executed": len(self.executed), "stages_cached": len(self.cached)})
         return {"run_id": self.ctx.parent_run_id, "experiment_id": self.ctx.experiment_id,
                 "tracking_uri": redact(self.ctx.tracking_uri), "executed": self.executed, "cached": self.cached,

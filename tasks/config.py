@@ -204,6 +204,83 @@ class TrackingConfig(Section):
     experiment: str = "shrinkflow"
 
 
+# What a search may vary (issue: depth, width, importance, KD temperature and weight, int8 on/off).
+SEARCH_KNOBS = ("trim.keep_per_stage", "prune.ratio", "prune.importance", "distill.temperature", "distill.alpha",
+                "quantize.enabled")
+SHARE_PATTERN = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
+
+
+class BudgetConfig(Section):
+    metric: Literal["macs", "params", "size_bytes", "latency_ms"] = "macs"
+    max: float | str = Field("10%", description="a number, or a share of the fine-tuned teacher such as \"10%\"")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the fine-tuned teacher on the val split")
+
+    @field_validator("max")
+    @classmethod
+    def _max(cls, value):
+        if isinstance(value, str):
+            match = SHARE_PATTERN.match(value)
+            if not match:
+                raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"")
+            share = float(match.group(1))
+            if not 0 < share <= 100:
+                raise ValueError(f"{value} must be more than 0% and at most 100% of the teacher")
+        elif not value > 0:
+            raise ValueError(f"{value} must be greater than 0")
+        return value
+
+
+class KnobConfig(Section):
+    """One knob of the search space: `choices`, or a float range `low`..`high` (optionally `log`)."""
+
+    choices: list | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+        elif self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        elif not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+DEFAULT_SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "prune.ratio": {"low": 0.2, "high": 0.8},
+                 "distill.temperature": {"low": 1.0, "high": 8.0}, "quantize.enabled": {"choices": [True, False]}}
+
+
+class SearchConfig(Section):
+    budget: BudgetConfig = BudgetConfig()
+    space: dict[str, KnobConfig] = Field(default_factory=lambda: {k: KnobConfig(**v) for k, v in DEFAULT_SPACE.items()})
+    trials: int = Field(8, ge=1, description="trials in all, a resumed search included")
+    parallel: int = Field(2, ge=1, description="trials at once (Dask workers of a local cluster)")
+    seed: int | None = Field(None, ge=0, description="the sampler's seed; default the pipeline seed")
+    trial_epochs: int = Field(1, ge=1, description="distillation and recovery epochs of a trial (its fidelity)")
+    top_k: int = Field(2, ge=0, description="best feasible trials trained again at the config's full epochs")
+    sampler: Literal["tpe", "grid"] = Field("tpe", description="tpe: Optuna's TPE; grid: every combination (a baseline)")
+    grid_points: int = Field(3, ge=2, description="values per float range of the grid sampler")
+    dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask scheduler")
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value):
+        if not value:
+            raise ValueError("the search space is empty; give at least one of " + ", ".join(SEARCH_KNOBS))
+        unknown = sorted(set(value) - set(SEARCH_KNOBS))
+        if unknown:
+            raise ValueError(f"{unknown[0]} cannot be searched; use {', '.join(SEARCH_KNOBS)}")
+        return value
+
+
 # `register` is a stage name; pydantic warns that it hides the metaclass's ABC `register` method.
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
@@ -223,6 +300,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     tracking: TrackingConfig = TrackingConfig()
+    search: SearchConfig = SearchConfig()
 
     @field_validator("source")
     @classmethod

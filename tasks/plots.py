@@ -104,5 +104,45 @@ def pareto(rows: list[dict], x: str, xlabel: str):
     return fig
 
 
+def search_pareto(trials: list[dict], plan: dict, max_drop: float):
+    """Val accuracy of every completed trial against the budget metric: the budget line and the accuracy
+    floor drawn, trials outside either grey, the best feasible one marked."""
+    metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
+    done = [t for t in trials if t["state"] == "COMPLETE" and t.get(metric) is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    feasible = [t for t in done if t[metric] <= limit and t["accuracy"] >= teacher - max_drop - 1e-9]
+    others = [t for t in done if t not in feasible]
+    if others:
+        ax.scatter([t[metric] for t in others], [t["accuracy"] for t in others], s=30, color="lightgrey",
+                   label="outside the budget or the accuracy floor")
+    if feasible:
+        ax.scatter([t[metric] for t in feasible], [t["accuracy"] for t in feasible], s=40, label="feasible")
+        best = max(feasible, key=lambda t: t["accuracy"])
+        ax.scatter([best[metric]], [best["accuracy"]], s=140, facecolors="none", edgecolors="red", label="best")
+    for t in done:
+        ax.annotate(str(t["number"]), (t[metric], t["accuracy"]), textcoords="offset points", xytext=(3, 3),
+                    fontsize=7)
+    ax.axvline(limit, color="red", ls="--", lw=1, label=f"budget {limit:,.0f}")
+    ax.axhline(teacher - max_drop, color="grey", ls=":", lw=1, label="teacher - max drop")
+    ax.set(xlabel=metric, ylabel="val accuracy", title=f"search trials: accuracy vs {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def best_so_far(values: list[float | None]):
+    """The best feasible val accuracy found after each trial."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    points = [(i, v) for i, v in enumerate(values) if v is not None]
+    if points:
+        ax.step(*zip(*points), where="post", marker="o")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial", ylabel="best feasible val accuracy", title="best so far")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

@@ -38,3 +38,15 @@ def preflight(cfg: PipelineConfig) -> str:
         if not path.is_file():
             raise CompressionError(f"model file {path} does not exist")
     return tracking_uri
+
+
+def check_dask(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in one line, before any work, when a Dask scheduler given by address does not answer."""
+    if not address:
+        return
+    from distributed import Client
+
+    try:
+        Client(address, timeout=timeout).close()
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConnectionError(f"Dask scheduler {address} is unreachable ({type(exc).__name__})") from None

@@ -49,17 +49,20 @@ def _reloaded_accuracy(uri: str, images: np.ndarray, labels: np.ndarray) -> floa
 
 
 def _create_version(ctx: RunContext, run, settings, row: dict, example: np.ndarray):
-    """Log the pyfunc model on the register run and create a version tagged with the file's sha256."""
+    """Log the pyfunc model as a model of the pipeline run (the MLflow UI lists it there) and create a
+    version tagged with the file's sha256."""
     artifacts = {"checkpoint": row["path"]}
     if row.get("onnx_path"):
         artifacts["onnx"] = row["onnx_path"]
-    # log_model takes its run and store from MLflow's fluent, process-global state only (it has no run_id
-    # or tracking_uri argument): point it at this stage's run for the call. Registration runs in one task
-    # at a time per process, so nothing else uses that state meanwhile.
+    logged = run.client.create_logged_model(ctx.experiment_id, name="model", source_run_id=ctx.parent_run_id,
+                                            tags={"shrinkflow.register_run_id": run.run_id})
+    # log_model and register_model take the tracking store from MLflow's process-global setting only (they
+    # have no tracking_uri argument); no active run is used: the model id names where it belongs.
     mlflow.set_tracking_uri(ctx.tracking_uri)
-    with mlflow.start_run(run_id=run.run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=ShrinkflowClassifier(), artifacts=artifacts,
-                                       input_example=example, pip_requirements=["torch", "torchvision", "numpy"])
+    info = mlflow.pyfunc.log_model(name="model", python_model=ShrinkflowClassifier(), artifacts=artifacts,
+                                   input_example=example, pip_requirements=["torch", "torchvision", "numpy"],
+                                   model_id=logged.model_id)
+    run.set_tags({"model_id": logged.model_id})
     # The sha256 tag is set in the same call that creates the version, so no other pipeline can see the
     # version without it (see the module docstring).
     return mlflow.register_model(info.model_uri, settings.model_name, tags={SHA_TAG: row["sha256"]})
@@ -90,7 +93,7 @@ def _lineage(cfg: PipelineConfig, ctx: RunContext, data: dict, row: dict, spec: 
     }
 
 
-def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dict):
+def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dict, extra_tags: dict):
     """The registry version of the chosen file: the one that exists, or a new one, checked once."""
     client, name = run.client, cfg.register.model_name
     existing = _versions_of(client, name, row["sha256"])
@@ -105,17 +108,23 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
             client.delete_model_version(name, later.version)  # an earlier version of this file won
     version = existing[0]
     _check_reload(client, name, version, row, images, labels, run)
-    for key, value in _lineage(cfg, ctx, data, row, spec, bool(row.get("onnx_path"))).items():
+    for key, value in {**_lineage(cfg, ctx, data, row, spec, bool(row.get("onnx_path"))), **extra_tags}.items():
         client.set_model_version_tag(name, version.version, key, value)
     return version
 
 
 @stage_task("register", sections=("register",), cache=False)
-def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict]) -> dict:
+def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict],
+             choice: dict | None = None) -> dict:
+    """`choice` ({"candidate", "alias", "tags"}) names what to register, e.g. a search's pick; without it
+    the register policy chooses (compression/selection.py)."""
     settings = cfg.register
-    row, alias = choose(rows, settings.max_accuracy_drop, settings.objective)
+    if choice:
+        row, alias = next(r for r in rows if r["candidate"] == choice["candidate"]), choice["alias"]
+    else:
+        row, alias = choose(rows, settings.max_accuracy_drop, settings.objective)
     run.set_tags({"chosen": row["candidate"], "alias": alias})
-    version = _the_version(cfg, ctx, run, data, row)
+    version = _the_version(cfg, ctx, run, data, row, (choice or {}).get("tags", {}))
     run.client.set_registered_model_alias(settings.model_name, alias, version.version)
     run.log_metrics({"registered_version": int(version.version)})
     return {"model_name": settings.model_name, "version": version.version, "alias": alias,

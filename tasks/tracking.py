@@ -248,13 +248,17 @@ def _process_tags() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (killed, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def fail_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:

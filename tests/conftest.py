@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from compression.data import load_fashion_mnist  # noqa: E402
+from tasks.config import PROJECT_ROOT  # noqa: E402,F401 - the tests import it from here
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,7 @@
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tasks.config import PROJECT_ROOT as ROOT
 
 
 def shrinkflow(*args, env=None):

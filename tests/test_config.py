@@ -1,10 +1,7 @@
-from pathlib import Path
-
 import pytest
 
-from tasks.config import ConfigError, config_from_dict, load_config, parse_set_options
+from tasks.config import PROJECT_ROOT as ROOT, ConfigError, config_from_dict, load_config, parse_set_options
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))

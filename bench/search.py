@@ -1,0 +1,98 @@
+"""Search benchmark, on the demo's task (configs/search-quickstart.yaml: classes 5-9, 100 labels per class)
+with a MACs budget of 10% of the fine-tuned teacher and at most 1 point of val accuracy lost:
+
+(a) the TPE search with N trials against the dense grid over the same space, at the same fidelity: best
+    feasible val accuracy, and the trial-seconds each spent;
+(c) the same search on 2 Dask workers against 1 (in fresh outputs, so that no trial is cached): trials
+    per hour of the trial phase;
+(d) hit rate: the share of completed trials within the MACs budget (every run above);
+(e) the found model beside the hand-tuned configs/quickstart.yaml result on the same teacher.
+
+Everything runs in one Prefect home and one sqlite MLflow store under bench/.work/search; the upstream
+model is pretrained there first (configs/pretrain.yaml) and the teacher is fine-tuned once (cached).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import QUICK, Timer, machine, save, say, use_prefect_env  # noqa: E402
+
+# Depth x KD temperature x int8: 2 x 3 x 2 = 12 grid points; the search gets half as many trials.
+SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0},
+         "quantize.enabled": {"choices": [True, False]}}
+GRID_POINTS = 3
+SEARCH_TRIALS = 6
+TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
+        "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
+        "prune.train.epochs": 1, "prune.iterative_steps": 1, "quantize.calibration_size": 32}
+
+
+def trial_times(uri: str, parent_run_id: str) -> dict:
+    """Trial-seconds (the sum of the trial runs' durations) and the trial phase's wall time."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                              "tags.`shrinkflow.stage` = 'trial'", max_results=1000)
+    spans = [(r.info.start_time / 1000, r.info.end_time / 1000) for r in runs if r.info.end_time]
+    return {"trial_seconds": sum(end - start for start, end in spans), "trials_timed": len(spans),
+            "phase_seconds": max(end for _, end in spans) - min(start for start, _ in spans)}
+
+
+def summary(result: dict, uri: str) -> dict:
+    plan = result["plan"]
+    completed = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    feasible = [t for t in completed if t["macs"] <= plan["limit"]
+                and t["accuracy"] >= plan["teacher"]["val_accuracy"] - 0.01 - 1e-9]
+    return {"run_id": result["run_id"], "plan": plan, "trials": result["trials"], "table": result["table"],
+            "registered": result["registered"], "completed": len(completed),
+            "within_budget": sum(t["macs"] <= plan["limit"] for t in completed),
+            "best_feasible_val_accuracy": max((t["accuracy"] for t in feasible), default=None),
+            **trial_times(uri, result["run_id"])}
+
+
+def main() -> None:
+    work = use_prefect_env("search")
+    import shutil
+
+    from flows.compress import compress
+    from flows.pretrain import pretrain
+    from flows.search import search
+
+    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
+        target = work / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(TINY if QUICK else {})}
+    common = {**store, "search.space": json.dumps(SPACE), "search.budget.max": "10%"}
+    results = {"machine": machine(), "space": SPACE, "grid_points": GRID_POINTS}
+    say("search: pretraining the upstream model (configs/pretrain.yaml)")
+    pretrain("configs/pretrain.yaml", store)
+    say("search: the hand-tuned demo compression (configs/quickstart.yaml)")
+    results["quickstart"] = {"table": compress("configs/quickstart.yaml", store)["table"]}
+    runs = {"search": {"search.trials": SEARCH_TRIALS, "search.parallel": 2, "search.top_k": 1},
+            "grid": {"search.sampler": "grid", "search.grid_points": GRID_POINTS, "search.trials": 12,
+                     "search.parallel": 2, "search.top_k": 0, "register.enabled": False},
+            # (c): the same search (seed 1) on 1 and on 2 workers, each in outputs of its own so that no trial
+            # comes from the cache; only the trial phase is timed.
+            "search_1_worker": {"search.trials": SEARCH_TRIALS, "search.parallel": 1, "search.seed": 1,
+                                "search.top_k": 0, "register.enabled": False, "output_dir": str(work / "outputs-1w")},
+            "search_2_workers": {"search.trials": SEARCH_TRIALS, "search.parallel": 2, "search.seed": 1,
+                                 "search.top_k": 0, "register.enabled": False, "output_dir": str(work / "outputs-2w")}}
+    for name, overrides in runs.items():
+        say(f"search: {name}")
+        with Timer() as t:
+            result = search("configs/search-quickstart.yaml", {**common, **overrides})
+        results[name] = {**summary(result, uri), "seconds": t.seconds, "overrides": overrides}
+        say(f"search: {name} took {t.seconds / 60:.1f} min; best feasible val accuracy "
+            f"{results[name]['best_feasible_val_accuracy']}")
+        save("search", {**results, "command": "python bench/search.py", "tracking_uri": uri})  # after each run
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The `search` flow: the most accurate compressed model within a budget (MACs, params, file size or
+latency), found by Optuna over depth, width, pruning importance, distillation and int8, with trials in
+parallel on Dask.
+
+search: load -> fetch -> finetune -> plan_search -> [trials on Dask: trim -> distill -> prune -> quantize,
+measured on val] -> top-k trained again at full epochs -> evaluate (one after another, so latency is fair)
+-> search_report -> report -> register.
+A trial is the pipeline's own stages run with the trial's settings; shared work comes from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+import torch
+from prefect import flow, get_client, task
+from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_dask import DaskTaskRunner
+
+from compression import search as policy
+from flows.pipeline import StageRunner, tracked_pipeline
+from tasks.config import PipelineConfig, load_config
+from tasks.data import load_data
+from tasks.distill import distill
+from tasks.fetch import fetch_pretrained
+from tasks.finetune import finetune
+from tasks.preflight import check_dask
+from tasks.prune import prune
+from tasks.quantize import quantize
+from tasks.search import (failed_outcome, finished, measure_trial, open_study, plan_search, record,
+                          sampled_space, search_report, trial_config, trial_overrides, trial_run)
+from tasks.tracking import fail_orphaned_runs
+from tasks.trim import trim
+
+log = logging.getLogger("shrinkflow")
+
+
+@task(name="trial", cache_policy=None, persist_result=False)
+def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, number: int, settings: dict,
+          full: bool = False) -> dict:
+    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread."""
+    torch.set_num_threads(1)
+    with trial_run(ctx, number, settings, full) as (trial_ctx, handle):
+        overrides = trial_overrides(cfg, settings, plan, full)
+        handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
+        trial_cfg = trial_config(cfg, overrides)
+        run = StageRunner(trial_cfg, trial_ctx, handle)
+        student = run(trim, data=data, teacher=teacher) if trial_cfg.trim.enabled else None
+        student = run(distill, data=data, teacher=teacher, student=student)["kd"]
+        if trial_cfg.prune.enabled:
+            student = run(prune, data=data, student=student, teacher=teacher).get("structured") or student
+        if trial_cfg.quantize.enabled:
+            student = run(quantize, data=data, model=student).get("static") or student
+        return measure_trial(trial_cfg, handle, data, number, settings, student)
+
+
+def _outcome(future, number: int, settings: dict) -> dict:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
+        log.warning("[search] trial %d failed: %s", number, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        return failed_outcome(number, settings, exc)
+
+
+def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> list[dict]:
+    """Ask the study for trials, `parallel` at a time, until `trials` have finished (earlier runs included)."""
+    study = open_study(cfg, teacher, plan)
+    space, target = sampled_space(cfg), cfg.search.trials
+    in_flight: dict = {}
+    done = len(finished(study))
+    if done:
+        log.info("[search] %d of %d trials finished before; running the rest", done, target)
+    while done + len(in_flight) < target or in_flight:
+        while len(in_flight) < cfg.search.parallel and done + len(in_flight) < target:
+            asked = study.ask()
+            settings = policy.sample(asked, space)
+            in_flight[trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings)] = (asked, settings)
+        future = next(as_completed(list(in_flight)))
+        asked, settings = in_flight.pop(future)
+        outcome = _outcome(future, asked.number, settings)
+        record(study, asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
+        done += 1
+        log.info("[search] trial %d %s (%d/%d)%s", asked.number, outcome["state"].lower(), done, target,
+                 f": val accuracy {outcome['accuracy']:.4f}" if outcome["state"] == "COMPLETE" else "")
+    return finished(study)
+
+
+def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
+    """The top_k trials (feasible first, then by accuracy) trained again at the config's full epochs."""
+    teacher_accuracy, max_drop = plan["teacher"]["val_accuracy"], cfg.search.budget.max_accuracy_drop
+    completed = [t for t in trials if t["state"] == "COMPLETE"]
+    ranked = sorted(completed, key=lambda t: (not policy.is_feasible(t, plan["metric"], plan["limit"],
+                                                                     teacher_accuracy, max_drop), -t["accuracy"]))
+    if cfg.search.top_k == 0:
+        return ranked[:1]
+    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True): t
+               for t in ranked[:cfg.search.top_k]}
+    outcomes = [_outcome(f, t["number"], t["settings"]) for f, t in futures.items()]
+    return [o for o in outcomes if o["state"] == "COMPLETE"]
+
+
+@flow(name="search-trials")
+def search_trials(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> dict:
+    """The trials and the top-k re-training, on the task runner the search flow gives it (Dask)."""
+    trials = _explore(cfg, ctx, data, teacher, plan)
+    return {"trials": trials, "finalists": _retrain_best(cfg, ctx, data, teacher, plan, trials)}
+
+
+def dask_runner(cfg: PipelineConfig) -> DaskTaskRunner:
+    """An existing Dask cluster (search.dask_address or $SHRINKFLOW_DASK_ADDRESS), else a local one of
+    `parallel` single-threaded worker processes."""
+    address = cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS")
+    if address:
+        check_dask(address)
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.search.parallel, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+@contextmanager
+def prefect_api_for_workers():
+    """The Prefect API this flow talks to, in the settings that travel with every task to the Dask workers:
+    without it, a worker of a flow on Prefect's temporary local server would start a server of its own and
+    the trials' task runs would be recorded there."""
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[dict], parent_run_id: str):
+    """The finalist to register: the most accurate within the budget (latency measured in evaluate)."""
+    latency = {r["candidate"]: r["latency_p50_ms"] for r in rows}
+    for final in finalists:
+        final["latency_ms"] = latency[f"trial-{final['number']}"]
+    best, alias = policy.pick(finalists, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
+                              cfg.search.budget.max_accuracy_drop)
+    if best is None:
+        return None
+    tags = {"search_run_id": parent_run_id, "search_trial": str(best["number"]),
+            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}"}
+    return {"candidate": f"trial-{best['number']}", "alias": alias, "tags": tags}
+
+
+def run_search(cfg: PipelineConfig) -> dict:
+    with tracked_pipeline(cfg, "search") as run:
+        data = run(load_data)
+        teacher = run(fetch_pretrained, data=data)
+        if cfg.finetune.enabled:
+            teacher = run(finetune, data=data, base=teacher)
+        plan = run(plan_search, data=data, teacher=teacher)
+        with prefect_api_for_workers():
+            found = search_trials.with_options(task_runner=dask_runner(cfg))(cfg, run.ctx, data, teacher, plan)
+        # Trial runs of a Dask worker that died on this host: FAILED now, not RUNNING until the next search.
+        fail_orphaned_runs(run.ctx.client(), run.ctx.experiment_id)
+        run(search_report, trials=found["trials"], plan=plan)
+        run.offer(teacher, *({**f["model"], "name": f"trial-{f['number']}"} for f in found["finalists"]))
+        result = run.finish(data, teacher, cfg.register.enabled,
+                            choose=lambda rows: _choice(plan, cfg, found["finalists"], rows, run.ctx.parent_run_id))
+        return {**result, "trials": found["trials"], "finalists": found["finalists"], "plan": plan}
+
+
+@flow(name="search", log_prints=True)
+def search(config: str = "configs/search-quickstart.yaml", overrides: dict | None = None) -> dict:
+    """Search the config's `search.space` for the most accurate model within `search.budget`; parameters as
+    for compress. The config is validated before any work starts."""
+    return run_search(load_config(config, overrides))
+
+
+if __name__ == "__main__":
+    search()

@@ -1,0 +1,281 @@
+"""Search tasks: the plan (budget against the teacher, widths that meet it), the Optuna study, one trial's
+MLflow run and measurements, and the search report on the pipeline run.
+
+The study lives in `<output_dir>/search/<key>/study.db` (SQLite), next to the stage outputs the trials
+write, and only the flow process touches it: a search that was killed finds its finished trials there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from prefect.artifacts import create_table_artifact
+
+from compression import CompressionError
+from compression import search as policy
+from compression.measure import count_macs, count_nonzero_params, cpu_latency, evaluate_classifier
+from compression.models import example_input, input_channels
+from tasks import plots
+from tasks.config import PipelineConfig, apply_overrides, config_from_dict
+from tasks.data import get_bundle
+from tasks.stage import ModelRef, output_root, stage_task
+from tasks.tracking import RunContext, StageRun, stage_run
+from tasks.training import load
+
+log = logging.getLogger("shrinkflow")
+
+# Budgets every trial meets by construction (the prune ratio is derived from them); latency is measured.
+CONSTRUCTIVE = ("macs", "params", "size_bytes")
+
+
+def space_of(cfg: PipelineConfig) -> policy.Space:
+    space = {}
+    for key, knob in cfg.search.space.items():
+        space[key] = policy.Choice(tuple(knob.choices)) if knob.choices is not None else policy.FloatRange(
+            knob.low, knob.high, knob.log)
+    policy.validate_space(space)
+    return space
+
+
+def sampled_space(cfg: PipelineConfig) -> policy.Space:
+    """The knobs the sampler picks: all of them, except the prune ratio under a budget it is derived from."""
+    space = space_of(cfg)
+    if cfg.search.budget.metric in CONSTRUCTIVE:
+        space.pop("prune.ratio", None)
+    return space
+
+
+def _choices(cfg: PipelineConfig, key: str, default) -> list:
+    knob = cfg.search.space.get(key)
+    return list(knob.choices) if knob is not None and knob.choices is not None else [default]
+
+
+def width_key(keep, quantize: bool) -> str:
+    return json.dumps([keep, bool(quantize)])
+
+
+def _depths(cfg: PipelineConfig) -> list:
+    return _choices(cfg, "trim.keep_per_stage", cfg.trim.keep_per_stage if cfg.trim.enabled else None)
+
+
+def _ratio_bounds(cfg: PipelineConfig, model) -> tuple[float, float]:
+    """The prune ratios a trial may get: the space's range, and never past the ratio where Torch-Pruning's
+    round_to makes costs rise again (it keeps a layer whole once its target falls under round_to channels)."""
+    knob = cfg.search.space.get("prune.ratio")
+    low, high = (knob.low, knob.high) if knob is not None and knob.low is not None else (0.0, 0.95)
+    return low, min(high, policy.max_monotone_ratio(model, cfg.prune.round_to))
+
+
+def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, float | None]:
+    """For each depth and int8 choice, the least pruning that brings the model within the budget."""
+    metric, settings = cfg.search.budget.metric, cfg.prune
+    if settings.global_pruning:
+        raise CompressionError("prune.global_pruning: a search budget is met by construction only with local "
+                               "pruning (global pruning sets channel counts by the weights); set it to false")
+    low, high = _ratio_bounds(cfg, model)
+    widths = {}
+    for keep in _depths(cfg):
+        for quantize in _choices(cfg, "quantize.enabled", cfg.quantize.enabled):
+            def cost(ratio, keep=keep, quantize=quantize):
+                return policy.structural_cost(model, metric, ratio, keep_per_stage=keep, trim_strategy=cfg.trim.strategy,
+                                              iterative_steps=settings.iterative_steps, round_to=settings.round_to,
+                                              quantize=bool(quantize) and metric == "size_bytes",
+                                              backend=cfg.quantize.backend, meta=meta)
+            try:
+                widths[width_key(keep, quantize)] = policy.smallest_ratio_within(cost, limit, low, high)
+            except CompressionError as exc:  # a depth this model cannot take: its trials fail, the rest go on
+                log.warning("[plan_search] keep_per_stage=%s cannot be built: %s", keep, exc)
+                widths[width_key(keep, quantize)] = None
+    return widths
+
+
+def _teacher_costs(model, teacher: ModelRef, size: int) -> dict:
+    example = example_input(model, 1, size=size)
+    speed = cpu_latency(model, example, threads=1, repeats=20, min_seconds=0.05)
+    return {"macs": count_macs(model, example), "params": count_nonzero_params(model)[0],
+            "size_bytes": Path(teacher["path"]).stat().st_size, "latency_ms": speed["latency_p50_ms"]}
+
+
+@stage_task("plan_search", sections=("search", "trim", "prune", "quantize"))
+def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: ModelRef) -> dict:
+    """The budget in absolute terms, the teacher's val accuracy (the reference for the accuracy drop), and the
+    width of every depth choice; stops, before any training, a budget the space cannot reach."""
+    bundle = get_bundle(cfg, data)
+    model = load(teacher)
+    budget = cfg.search.budget
+    costs = _teacher_costs(model, teacher, bundle.input_size)
+    limit = policy.resolve_limit(budget.max, costs[budget.metric], budget.metric)
+    val = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size, channels=input_channels(model)))
+    meta = {"classes": bundle.classes, "mean": list(bundle.mean), "std": list(bundle.std)}  # as save_candidate
+    widths = _widths(cfg, model, limit, meta) if budget.metric in CONSTRUCTIVE else {}
+    if budget.metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
+        floor = policy.smallest_reachable(model, budget.metric, space_of(cfg), iterative_steps=cfg.prune.iterative_steps,
+                                          round_to=cfg.prune.round_to)
+        raise CompressionError(f"search.budget.max: {budget.metric} <= {limit:,.0f} cannot be reached; the smallest "
+                               f"this search space reaches is {floor:,.0f} ({100 * floor / costs[budget.metric]:.1f}% "
+                               "of the teacher)")
+    run.log_metrics({f"teacher.{k}": v for k, v in costs.items()} | {"budget_limit": limit,
+                                                                       "teacher.val_accuracy": val["accuracy"]})
+    run.log_dict({"widths": widths}, "widths.json")
+    return {"metric": budget.metric, "limit": limit, "teacher": {**costs, "val_accuracy": val["accuracy"]},
+            "widths": widths}
+
+
+def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool) -> dict:
+    """The config changes that make a trial: its settings, the width its budget allows, its fidelity."""
+    overrides = dict(settings)
+    keep = settings.get("trim.keep_per_stage", cfg.trim.keep_per_stage if cfg.trim.enabled else None)
+    quantize = settings.get("quantize.enabled", cfg.quantize.enabled)
+    overrides.update({"trim.enabled": keep is not None, "quantize.modes": ["static"], "export.onnx": False,
+                      "register.enabled": False, "distill.baseline": False})
+    if keep is not None:
+        overrides["trim.keep_per_stage"] = keep
+    if plan["widths"]:
+        ratio = plan["widths"].get(width_key(keep, quantize))
+        if ratio is None:
+            raise CompressionError(f"no prune ratio brings keep_per_stage={keep} within the budget")
+        overrides.update({"prune.enabled": ratio > 0, "prune.ratio": max(ratio, 1e-3)})
+    if not full:
+        overrides.update({"distill.train.epochs": cfg.search.trial_epochs,
+                          "prune.train.epochs": min(cfg.search.trial_epochs, cfg.prune.train.epochs)})
+    return overrides
+
+
+def trial_config(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
+    return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), dict(overrides)), "search trial")
+
+
+@contextmanager
+def trial_run(ctx: RunContext, number: int, settings: dict, full: bool):
+    """The trial's MLflow run under the search's pipeline run; FAILED with the error as a tag if it raises."""
+    with stage_run(ctx, "trial-full" if full else "trial") as run:
+        run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.trial": str(number),
+                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}"})
+        run.log_params({"trial": number, "full_fidelity": full, **settings})
+        try:
+            yield RunContext(ctx.tracking_uri, ctx.experiment_id, run.run_id), run
+        except Exception as exc:
+            run.set_tags({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]})
+            raise
+
+
+def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, settings: dict,
+                  final: ModelRef) -> dict:
+    """Val accuracy and the budget metrics of a trial's final model (no timing: trials share the cores)."""
+    bundle = get_bundle(cfg, data)
+    model = load(final)
+    accuracy = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size,
+                                                         channels=input_channels(model)))["accuracy"]
+    example = example_input(model, 1, size=bundle.input_size)
+    metrics = {"accuracy": accuracy, "macs": count_macs(model, example),
+               "params": count_nonzero_params(model)[0], "size_bytes": Path(final["path"]).stat().st_size}
+    run.log_metrics(metrics)
+    run.log_artifact(final["path"], "model")
+    return {"number": number, "state": "COMPLETE", "settings": settings, **metrics, "latency_ms": None,
+            "run_id": run.run_id, "model": dict(final)}
+
+
+def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
+    """One study per teacher file, data, seed, budget, space, fidelity and stage settings."""
+    identity = {"teacher": teacher["sha256"], "plan": plan, "seed": cfg.seed,
+                **cfg.stage_dict("data", "trim", "distill", "prune", "quantize")}
+    identity["search"] = {k: v for k, v in cfg.stage_dict("search")["search"].items()
+                          if k not in ("trials", "parallel", "dask_address", "top_k")}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return output_root(cfg) / "search" / key / "study.db"
+
+
+def _sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.BaseSampler:
+    if cfg.search.sampler == "grid":
+        return optuna.samplers.GridSampler(policy.grid_space(sampled_space(cfg), cfg.search.grid_points), seed=seed)
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=max(2, min(10, cfg.search.trials // 3)))
+
+
+def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Study:
+    """The study (created, or loaded when a search with the same identity ran before), its orphaned trials
+    (left RUNNING by a killed search) failed and queued again with the same settings."""
+    path = study_path(cfg, teacher, plan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
+    sampler = _sampler(cfg, seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="search", direction="maximize",
+                                sampler=sampler, load_if_exists=True)
+    for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(orphan.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number})
+        log.info("[search] trial %d was cut off by an earlier stop: queued again", orphan.number)
+    return study
+
+
+def finished(study: optuna.Study) -> list[dict]:
+    """Outcomes of the trials that ran to the end (completed, or failed with an error), by trial number."""
+    outcomes = [t.user_attrs["outcome"] for t in study.get_trials(deepcopy=False) if "outcome" in t.user_attrs]
+    return sorted(outcomes, key=lambda o: o["number"])
+
+
+def record(study: optuna.Study, trial: optuna.Trial, outcome: dict, plan: dict, max_drop: float) -> None:
+    """Tell the study: accuracy for a completed trial (constraint: the accuracy drop), FAIL otherwise."""
+    trial.set_user_attr("outcome", outcome)
+    if outcome["state"] != "COMPLETE":
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    drop = plan["teacher"]["val_accuracy"] - outcome["accuracy"]
+    trial.set_constraint("accuracy_drop", drop - max_drop)  # feasible at <= 0; TPE favours feasible trials
+    study.tell(trial, outcome["accuracy"])
+
+
+def failed_outcome(number: int, settings: dict, error: BaseException) -> dict:
+    text = str(error).strip().splitlines()
+    return {"number": number, "state": "FAIL", "settings": settings,
+            "error": f"{type(error).__name__}: {text[0] if text else ''}"}
+
+
+def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
+    metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
+    rows = []
+    for t in trials:
+        row = {"trial": t["number"], "state": t["state"], **{k: json.dumps(v) if isinstance(v, list) else v
+                                                              for k, v in t["settings"].items()}}
+        if t["state"] == "COMPLETE":
+            row.update({"val_accuracy": round(t["accuracy"], 4), "drop": round(teacher - t["accuracy"], 4),
+                        "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"],
+                        "feasible": policy.is_feasible(t, metric, limit, teacher, max_drop)})
+        else:
+            row["error"] = t.get("error", "")
+        rows.append(row)
+    return rows
+
+
+@stage_task("search_report", cache=False)
+def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, trials: list[dict],
+                  plan: dict) -> dict:
+    """The trials table (CSV, Prefect table artifact), the Pareto plot with the budget line and the best
+    feasible accuracy against trial number, on the pipeline run."""
+    import pandas as pd
+
+    max_drop = cfg.search.budget.max_accuracy_drop
+    table = _table(trials, plan, max_drop)
+    parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
+    parent.log_text(pd.DataFrame(table).to_csv(index=False), "search/trials.csv")
+    figures = {"search/pareto.png": plots.search_pareto(trials, plan, max_drop),
+               "search/best_so_far.png": plots.best_so_far(
+                   policy.best_so_far(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"], max_drop))}
+    for name, fig in figures.items():
+        parent.log_figure(fig, name)
+        plots.close(fig)
+    feasible = sum(bool(r.get("feasible")) for r in table)
+    parent.log_metrics({"trials_completed": sum(r["state"] == "COMPLETE" for r in table),
+                        "trials_failed": sum(r["state"] != "COMPLETE" for r in table), "trials_feasible": feasible})
+    create_table_artifact(key=f"{cfg.name}-search-trials".lower().replace("_", "-"), table=table,
+                          description=f"shrinkflow search trials of {cfg.name}")
+    return {"table": table}

@@ -1,0 +1,212 @@
+"""The search for real: Prefect flows, Optuna studies, Dask clusters (a LocalCluster, and `dask scheduler` and
+`dask worker` processes on 127.0.0.1), MLflow sqlite stores, Fashion-MNIST subsets; plus its bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+SPACE = {"trim.keep_per_stage": {"choices": [1, 2, [1, 1, 1, 1, 1]]},  # the last one fails inside its trials
+         "prune.ratio": {"low": 0.1, "high": 0.9}, "distill.temperature": {"low": 1.0, "high": 8.0},
+         "quantize.enabled": {"choices": [True, False]}}
+
+
+def _settings(tmp_path: Path, trials: int, **extra) -> list[str]:
+    values = {"tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "output_dir": str(tmp_path / "outputs"),
+              "tracking.experiment": "search", "name": "search", "register.model_name": "search-model",
+              "export.onnx": False, "prune.iterative_steps": 1, "quantize.calibration_size": 32,
+              "search.trials": trials, "search.parallel": 2, "search.trial_epochs": 1, "search.top_k": 1,
+              "search.budget.max": "15%", "search.budget.max_accuracy_drop": 1.0, "search.space": json.dumps(SPACE),
+              **extra}
+    return [x for key, value in values.items() for x in ("--set", f"{key}={value}")]
+
+
+def _search_command(tmp_path: Path, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cli", "search", "configs/smoke.yaml", *_settings(tmp_path, trials), *extra]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _runs(tmp_path: Path) -> tuple[MlflowClient, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("search")
+    return client, (client.search_runs([experiment.experiment_id], max_results=5000) if experiment else [])
+
+
+def _trial_runs(runs, full: bool = False) -> list:
+    stage = "trial-full" if full else "trial"
+    return [r for r in runs if r.data.tags.get("shrinkflow.stage") == stage]
+
+
+def _budget(runs) -> float:
+    plan = next(r for r in runs if r.data.tags.get("shrinkflow.stage") == "plan_search")
+    return plan.data.metrics["budget_limit"]
+
+
+@pytest.mark.slow
+def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(tmp_path):
+    done = subprocess.run(_search_command(tmp_path, 5), cwd=PROJECT_ROOT, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr + done.stdout[-4000:]
+    client, runs = _runs(tmp_path)
+    limit = _budget(runs)
+    parent = next(r for r in runs if r.data.tags.get("shrinkflow.flow") == "search")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] >= 3
+    trials = _trial_runs(runs)
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    failed = [r for r in trials if r.info.status == "FAILED"]
+    assert len(finished) + len(failed) == 5 and len(finished) >= 3
+    assert failed and all("keep_per_stage" in r.data.tags["error"] for r in failed)
+    assert all(r.data.metrics["macs"] <= limit for r in finished)  # within the budget by construction
+    assert {r.data.params["trial"] for r in trials} == {str(n) for n in range(5)}
+    assert {"search/trials.csv", "search/pareto.png", "search/best_so_far.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    version = client.get_model_version_by_alias("search-model", "champion")
+    assert version.tags["search_run_id"] == parent.info.run_id and version.tags["search_trial"]
+    registered = f"trial-{version.tags['search_trial']}"
+    assert parent.data.metrics[f"{registered}.accuracy"] > 0
+    evaluate = next(r for r in runs if r.data.tags.get("shrinkflow.stage") == "evaluate")
+    assert evaluate.data.metrics[f"{registered}.macs"] <= limit
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert "registered trial-" in done.stdout and "budget: macs <=" in done.stdout
+    shown = subprocess.run([sys.executable, "-m", "cli", "compare", "--experiment", "search", "--tracking-uri",
+                            f"sqlite:///{tmp_path / 'mlflow.db'}", "--search", parent.info.run_id], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "trial-0" in shown.stdout and "FAILED" in shown.stdout, shown.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(condition, timeout: float, what: str, every: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _study_trials(tmp_path: Path) -> list:
+    studies = list((tmp_path / "outputs" / "search").glob("*/study.db"))
+    if not studies:
+        return []
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{studies[0]}")
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_worker(tmp_path):
+    """kill -9 of the search mid-way, then the same command: finished trials are kept; a Dask worker killed
+    during a trial of the second run: the trial runs again on the other worker and the search completes."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                        "--no-dashboard"], tmp_path / "scheduler.log")
+    workers = [_start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                       "--name", f"w{i}"], tmp_path / f"worker{i}.log") for i in range(2)]
+    processes = [scheduler, *workers]
+    valid = {k: v for k, v in SPACE.items() if k != "trim.keep_per_stage"}
+    try:
+        command = [*_search_command(tmp_path, 8, "--dask-address", address), "--set", f"search.space={json.dumps(valid)}"]
+        first = _start(command, tmp_path / "first.log")
+        processes.append(first)
+        _wait_for(lambda: len([t for t in _study_trials(tmp_path) if t.state.name == "COMPLETE"]) >= 2, 900,
+                  "two finished trials", every=0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        kept = {t.number for t in _study_trials(tmp_path) if "outcome" in t.user_attrs}
+        assert len(kept) >= 2
+
+        second = _start(command, tmp_path / "second.log")
+        processes.append(second)
+        _, runs_before = _runs(tmp_path)
+        known = {r.info.run_id for r in runs_before}
+        _wait_for(lambda: [r for r in _trial_runs(_runs(tmp_path)[1]) if r.info.status == "RUNNING"
+                           and r.info.run_id not in known], 900, "a trial running in the second search", every=0.2)
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        workers[0].wait()
+        assert second.wait(timeout=1500) == 0, (tmp_path / "second.log").read_text()[-4000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    trials = _study_trials(tmp_path)
+    outcomes = [t for t in trials if "outcome" in t.user_attrs]
+    assert len(outcomes) == 8 and kept <= {t.number for t in outcomes}
+    _, runs = _runs(tmp_path)
+    finished_runs = [r for r in _trial_runs(runs) if r.info.status == "FINISHED"]
+    for number in kept:  # a trial finished before the kill was not trained again
+        assert len([r for r in finished_runs if r.data.params["trial"] == str(number)]) == 1
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert "trials finished before; running the rest" in (tmp_path / "second.log").read_text()
+
+
+SEARCH_BAD_INPUTS = [
+    ("unknown budget metric", ["search.budget.metric=flops"], "search.budget.metric: Input should be"),
+    ("budget max 0", ["search.budget.max=0"], "search.budget.max: 0.0 must be greater than 0"),
+    ("negative budget", ["search.budget.max=-5"], "search.budget.max: -5.0 must be greater than 0"),
+    ("share over 100%", ["search.budget.max=120%"], "must be more than 0% and at most 100% of the teacher"),
+    ("empty space", ["search.space={}"], "search.space: the search space is empty"),
+    ("parallel 0", ["search.parallel=0"], "search.parallel: Input should be greater than or equal to 1"),
+    ("unknown knob", ['search.space={"prune.steps": {"choices": [1]}}'], "prune.steps cannot be searched"),
+]
+
+
+@pytest.mark.parametrize("name, settings, message", SEARCH_BAD_INPUTS, ids=[c[0] for c in SEARCH_BAD_INPUTS])
+def test_search_bad_input_is_one_line_and_exit_2(name, settings, message, tmp_path, capsys):
+    from cli.main import main
+
+    args = ["search", "configs/smoke.yaml", "--set", f"output_dir={tmp_path}",
+            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    code = main(args + [x for s in settings for x in ("--set", s)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_unreachable_dask_address_is_one_line_and_exit_2(tmp_path, capsys):
+    from cli.main import main
+
+    code = main(["search", "configs/smoke.yaml", "--dask-address", f"tcp://127.0.0.1:{_free_port()}",
+                 "--set", f"output_dir={tmp_path}", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Dask scheduler tcp://127.0.0.1:" in err[0] and "unreachable" in err[0]
+
+
+@pytest.mark.slow
+def test_unreachable_budget_stops_before_any_training(prefect, tmp_path, capsys):
+    from cli.main import main
+
+    valid = {k: v for k, v in SPACE.items() if k != "trim.keep_per_stage"}
+    code = main(["search", "configs/smoke.yaml", *_settings(tmp_path, 4, **{"search.budget.max": 1000,
+                                                                            "search.space": json.dumps(valid)})])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "search.budget.max: macs <= 1,000 cannot be reached; the smallest this search space reaches is" in err[0]
+    _, runs = _runs(tmp_path)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not _trial_runs(runs) and not [r for r in runs if r.data.tags.get("shrinkflow.stage") == "distill"]
