@@ -41,6 +41,16 @@ def use_prefect_env(name: str) -> Path:
     return WORK / name
 
 
+def fresh_store(work: Path) -> str:
+    """Forget a benchmark's earlier outputs, MLflow store and Prefect home; the store's tracking URI."""
+    import shutil
+
+    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
+        target = work / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    return f"sqlite:///{work / 'mlflow.db'}"
+
+
 def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, Timer, fresh_store, save, say, use_prefect_env  # noqa: E402
 
 EXTRA_RATIOS = [0.4, 0.75]
 TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
@@ -24,17 +24,12 @@ TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_cla
 
 def main() -> None:
     work = use_prefect_env("compression")
-    import shutil
-
     from mlflow.tracking import MlflowClient
 
     from flows.compress import compress
     from flows.pretrain import pretrain
 
-    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
-        target = work / stale
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
     results = {}
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
 
 # Depth x KD temperature x int8: 2 x 3 x 2 = 12 grid points; the search gets half as many trials.
 SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0},
@@ -58,16 +58,11 @@ def summary(result: dict, uri: str) -> dict:
 
 def main() -> None:
     work = use_prefect_env("search")
-    import shutil
-
     from flows.compress import compress
     from flows.pretrain import pretrain
     from flows.search import search
 
-    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
-        target = work / stale
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
+    uri = fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(TINY if QUICK else {})}
     common = {**store, "search.space": json.dumps(SPACE), "search.budget.max": "10%"}
     results = {"machine": machine(), "space": SPACE, "grid_points": GRID_POINTS}

@@ -1,4 +1,4 @@
-"""`shrinkflow` command line: run, reproduce, compare, demo.
+"""`shrinkflow` command line: run, search, reproduce, compare, demo.
 
 Bad input ends with one line on stderr and exit code 2; a failed run or a bug with one line, the path of
 the log file that holds the traceback, and exit code 1. Progress and results go to stdout (cli/console.py).
@@ -25,10 +25,20 @@ def _environment_defaults(verbose: bool) -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+class NotFoundError(LookupError):
+    """A run or experiment the command was asked about does not exist (bad input, exit 2)."""
+
+
 def _flow(name: str):
+    """The flow a pipeline run of `name` came from (what reproduce runs again)."""
     if name == "pretrain":
         from flows.pretrain import pretrain
         return pretrain
+    if name == "search":  # parallel trials finish in any order, so TPE's later suggestions differ run to run
+        raise NotFoundError("search runs are not reproduced trial for trial; run `shrinkflow search` with the "
+                            "run's config.yaml artifact instead")
+    if name != "compress":
+        raise NotFoundError(f"runs of the {name} flow cannot be reproduced; compress and pretrain runs can")
     from flows.compress import compress
     return compress
 
@@ -75,7 +85,7 @@ def _print_search(result: dict) -> None:
     plan, trials = result["plan"], result["trials"]
     completed = [t for t in trials if t["state"] == "COMPLETE"]
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
-    print(f"budget: {plan['metric']} <= {plan['limit']:,.0f} (teacher {plan['teacher'][plan['metric']]:,.0f}); "
+    print(f"budget: {plan['metric']} <= {plan['limit']:,.6g} (teacher {plan['teacher'][plan['metric']]:,.6g}); "
           f"{len(completed)} trials completed, {len(trials) - len(completed)} failed; "
           f"{len(result['finalists'])} trained again at full epochs")
     print("\n" + result["markdown"] + "\n")
@@ -84,7 +94,9 @@ def _print_search(result: dict) -> None:
         print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, test accuracy "
               f"{reg['accuracy']:.4f})")
     else:
-        print("nothing registered: no trial completed")
+        reasons = ("registration is disabled (register.enabled: false)" if not result.get("register_enabled", True)
+                   else "no trial completed" if not completed else "no finalist completed its full-epoch training")
+        print(f"nothing registered: {reasons}")
 
 
 def _runs(tracking_uri: str | None, experiment: str, filter_string: str):
@@ -97,7 +109,7 @@ def _runs(tracking_uri: str | None, experiment: str, filter_string: str):
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"experiment {experiment!r} not found at {uri}")
+        raise NotFoundError(f"experiment {experiment!r} not found at {uri}")
     runs = client.search_runs([found.experiment_id], filter_string, order_by=["attributes.start_time DESC"],
                               max_results=10000)
     return _runs_frame(runs)
@@ -172,9 +184,9 @@ def cmd_reproduce(args) -> int:
     try:
         original = client.get_run(args.run_id)
     except MlflowException:
-        raise LookupError(f"run {args.run_id} not found at {uri}") from None
+        raise NotFoundError(f"run {args.run_id} not found at {uri}") from None
     if original.data.tags.get("shrinkflow.kind") != "pipeline":
-        raise LookupError(f"run {args.run_id} is not a shrinkflow pipeline run")
+        raise NotFoundError(f"run {args.run_id} is not a shrinkflow pipeline run")
     path = client.download_artifacts(args.run_id, "config.yaml", tempfile.mkdtemp(prefix="shrinkflow-reproduce-"))
     raw = yaml.safe_load(Path(path).read_text())
     raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
@@ -184,7 +196,8 @@ def cmd_reproduce(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(raw))
-        result = _flow(original.data.tags.get("shrinkflow.flow", "compress"))(config=str(config_path))
+        flow = _flow(original.data.tags.get("shrinkflow.flow", "compress"))
+        result = flow(config=str(config_path))
     _print_result(result)
     old = {k: v for k, v in original.data.metrics.items() if k.endswith(".accuracy")}
     new = client.get_run(result["run_id"]).data.metrics
@@ -245,12 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BAD_INPUT = ("ConfigError", "CompressionError", "LookupError", "ConnectionError", "PermissionError",
+BAD_INPUT = ("ConfigError", "CompressionError", "NotFoundError", "ConnectionError", "PermissionError",
              "ParameterTypeError", "FileNotFoundError")
 
 
 def _is_bad_input(exc: BaseException) -> bool:
-    """Failures the user can fix: ours (ConfigError, CompressionError), a missing run or experiment, an
+    """Failures the user can fix: ours (ConfigError, CompressionError, NotFoundError), an
     unreachable server, a file that cannot be read, a flow parameter of the wrong type."""
     return any(cls.__name__ in BAD_INPUT for cls in type(exc).__mro__)
 

@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
+from compression import CompressionError
 from compression import search as policy
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
@@ -30,8 +31,8 @@ from tasks.finetune import finetune
 from tasks.preflight import check_dask
 from tasks.prune import prune
 from tasks.quantize import quantize
-from tasks.search import (failed_outcome, finished, measure_trial, open_study, plan_search, record,
-                          sampled_space, search_report, trial_config, trial_overrides, trial_run)
+from tasks.search import (failed_outcome, finished, measure_trial, plan_search, record, sampled_space,
+                          search_report, study_session, target_trials, trial_config, trial_overrides, trial_run)
 from tasks.tracking import fail_orphaned_runs
 from tasks.trim import trim
 
@@ -53,7 +54,11 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
         if trial_cfg.prune.enabled:
             student = run(prune, data=data, student=student, teacher=teacher).get("structured") or student
         if trial_cfg.quantize.enabled:
-            student = run(quantize, data=data, model=student).get("static") or student
+            quantized = run(quantize, data=data, model=student).get("static")
+            if quantized is None and plan["metric"] == "size_bytes":  # its width assumed an int8 file
+                raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
+                                       "model would be over the size budget")
+            student = quantized or student
         return measure_trial(trial_cfg, handle, data, number, settings, student)
 
 
@@ -65,10 +70,9 @@ def _outcome(future, number: int, settings: dict) -> dict:
         return failed_outcome(number, settings, exc)
 
 
-def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> list[dict]:
+def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, study) -> list[dict]:
     """Ask the study for trials, `parallel` at a time, until `trials` have finished (earlier runs included)."""
-    study = open_study(cfg, teacher, plan)
-    space, target = sampled_space(cfg), cfg.search.trials
+    space, target = sampled_space(cfg), target_trials(cfg)
     in_flight: dict = {}
     done = len(finished(study))
     if done:
@@ -92,8 +96,11 @@ def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dic
     """The top_k trials (feasible first, then by accuracy) trained again at the config's full epochs."""
     teacher_accuracy, max_drop = plan["teacher"]["val_accuracy"], cfg.search.budget.max_accuracy_drop
     completed = [t for t in trials if t["state"] == "COMPLETE"]
-    ranked = sorted(completed, key=lambda t: (not policy.is_feasible(t, plan["metric"], plan["limit"],
-                                                                     teacher_accuracy, max_drop), -t["accuracy"]))
+    if plan["metric"] == "latency_ms":  # not timed while trials share the cores: accurate enough, then fewest MACs
+        ranked = sorted(completed, key=lambda t: (t["accuracy"] < teacher_accuracy - max_drop - 1e-9, t["macs"]))
+    else:
+        ranked = sorted(completed, key=lambda t: (not policy.is_feasible(t, plan["metric"], plan["limit"],
+                                                                         teacher_accuracy, max_drop), -t["accuracy"]))
     if cfg.search.top_k == 0:
         return ranked[:1]
     futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True): t
@@ -105,7 +112,8 @@ def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dic
 @flow(name="search-trials")
 def search_trials(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> dict:
     """The trials and the top-k re-training, on the task runner the search flow gives it (Dask)."""
-    trials = _explore(cfg, ctx, data, teacher, plan)
+    with study_session(cfg, teacher, plan) as study:
+        trials = _explore(cfg, ctx, data, teacher, plan, study)
     return {"trials": trials, "finalists": _retrain_best(cfg, ctx, data, teacher, plan, trials)}
 
 
@@ -152,15 +160,17 @@ def run_search(cfg: PipelineConfig) -> dict:
         if cfg.finetune.enabled:
             teacher = run(finetune, data=data, base=teacher)
         plan = run(plan_search, data=data, teacher=teacher)
-        with prefect_api_for_workers():
-            found = search_trials.with_options(task_runner=dask_runner(cfg))(cfg, run.ctx, data, teacher, plan)
-        # Trial runs of a Dask worker that died on this host: FAILED now, not RUNNING until the next search.
-        fail_orphaned_runs(run.ctx.client(), run.ctx.experiment_id)
+        try:
+            with prefect_api_for_workers():
+                found = search_trials.with_options(task_runner=dask_runner(cfg))(cfg, run.ctx, data, teacher, plan)
+        finally:  # trial runs of a Dask worker that died on this host: FAILED now, not RUNNING until next time
+            fail_orphaned_runs(run.ctx.client(), run.ctx.experiment_id)
         run(search_report, trials=found["trials"], plan=plan)
         run.offer(teacher, *({**f["model"], "name": f"trial-{f['number']}"} for f in found["finalists"]))
         result = run.finish(data, teacher, cfg.register.enabled,
                             choose=lambda rows: _choice(plan, cfg, found["finalists"], rows, run.ctx.parent_run_id))
-        return {**result, "trials": found["trials"], "finalists": found["finalists"], "plan": plan}
+        return {**result, "trials": found["trials"], "finalists": found["finalists"], "plan": plan,
+                "register_enabled": cfg.register.enabled}
 
 
 @flow(name="search", log_prints=True)

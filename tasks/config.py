@@ -207,6 +207,7 @@ class TrackingConfig(Section):
 # What a search may vary (issue: depth, width, importance, KD temperature and weight, int8 on/off).
 SEARCH_KNOBS = ("trim.keep_per_stage", "prune.ratio", "prune.importance", "distill.temperature", "distill.alpha",
                 "quantize.enabled")
+CHOICE_KNOBS = ("trim.keep_per_stage", "prune.importance", "quantize.enabled")
 SHARE_PATTERN = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 
 
@@ -218,15 +219,18 @@ class BudgetConfig(Section):
     @field_validator("max")
     @classmethod
     def _max(cls, value):
+        if isinstance(value, str) and not SHARE_PATTERN.match(value):
+            try:  # YAML reads 3e6 as text
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"") from None
         if isinstance(value, str):
             match = SHARE_PATTERN.match(value)
-            if not match:
-                raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"")
             share = float(match.group(1))
             if not 0 < share <= 100:
                 raise ValueError(f"{value} must be more than 0% and at most 100% of the teacher")
-        elif not value > 0:
-            raise ValueError(f"{value} must be greater than 0")
+        elif not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{value} must be a finite number greater than 0")
         return value
 
 
@@ -259,6 +263,9 @@ DEFAULT_SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "prune.ratio": {"lo
 
 
 class SearchConfig(Section):
+    # How many trials run, at once, where: they change no trial's result, so no cache key or study holds them.
+    RUN_ONLY: ClassVar[set] = {"trials", "parallel", "top_k", "dask_address"}
+
     budget: BudgetConfig = BudgetConfig()
     space: dict[str, KnobConfig] = Field(default_factory=lambda: {k: KnobConfig(**v) for k, v in DEFAULT_SPACE.items()})
     trials: int = Field(8, ge=1, description="trials in all, a resumed search included")
@@ -266,7 +273,7 @@ class SearchConfig(Section):
     seed: int | None = Field(None, ge=0, description="the sampler's seed; default the pipeline seed")
     trial_epochs: int = Field(1, ge=1, description="distillation and recovery epochs of a trial (its fidelity)")
     top_k: int = Field(2, ge=0, description="best feasible trials trained again at the config's full epochs")
-    sampler: Literal["tpe", "grid"] = Field("tpe", description="tpe: Optuna's TPE; grid: every combination (a baseline)")
+    sampler: Literal["tpe", "grid"] = Field("tpe", description="tpe: Optuna's TPE; grid: the grid's points in a seeded random order, at most `trials` of them (all with trials >= the grid's size)")
     grid_points: int = Field(3, ge=2, description="values per float range of the grid sampler")
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask scheduler")
 
@@ -302,6 +309,22 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig = SearchConfig()
 
+    @model_validator(mode="after")
+    def _search_space_values(self):
+        """Every value a search may give a knob must be valid for that knob's setting."""
+        for key, knob in self.search.space.items():
+            section, field = key.split(".", 1)
+            if knob.choices is None and key in CHOICE_KNOBS:
+                raise ValueError(f"search.space.{key}: give choices (it is not a number range)")
+            for value in knob.choices if knob.choices is not None else [knob.low, knob.high]:
+                current = getattr(self, section)
+                try:
+                    type(current).model_validate({**current.model_dump(), field: value})
+                except ValidationError as err:
+                    raise ValueError(f"search.space.{key}: {value!r}: "
+                                     f"{err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        return self
+
     @field_validator("source")
     @classmethod
     def _source(cls, value):
@@ -318,7 +341,16 @@ class PipelineConfig(Section):
         return self
 
     def stage_dict(self, *names: str) -> dict:
-        return {name: json.loads(getattr(self, name).model_dump_json()) for name in names}
+        """The settings a stage computes from, by section; "source" is the model source string, and of
+        `search` only what changes a trial's result (not how many trials run, or where)."""
+        out = {}
+        for name in names:
+            if name == "source":
+                out[name] = self.source
+            else:
+                exclude = SearchConfig.RUN_ONLY if name == "search" else None
+                out[name] = json.loads(getattr(self, name).model_dump_json(exclude=exclude))
+        return out
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
@@ -366,12 +398,12 @@ def parse_set_options(items: list[str]) -> dict:
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    field = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         message = "unknown key"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {field}: {message}{more}"
+    return f"{origin}: {field + ': ' if field else ''}{message}{more}"
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from compression import CompressionError
 from compression.checkpoint import file_sha256, read_model_file, save_model
+from compression.fileio import atomic_write
 from compression.models import build_model
 from compression.training import seed_everything
 from tasks.config import SOURCE_PATTERN, PipelineConfig
@@ -58,7 +59,7 @@ def _from_registry(ctx: RunContext, source: str, target: Path) -> dict:
             raise CompressionError(f"{source} holds no shrinkflow model file")
         expected = version.tags.get(SHA_TAG)
         read_model_file(files[0], expected_sha256=expected)  # safe load (weights_only) + integrity check
-        shutil.copyfile(files[0], target)
+        atomic_write(target, lambda tmp: shutil.copyfile(files[0], tmp))
     return {"registry_name": version.name, "registry_version": version.version}
 
 
@@ -78,7 +79,7 @@ def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
     return {}
 
 
-@stage_task("fetch_pretrained", cache=False, retries=2, retry_delay_seconds=[1, 5],
+@stage_task("fetch_pretrained", sections=("source", "finetune"), cache=False, retries=2, retry_delay_seconds=[1, 5],
             retry_condition_fn=retry_transient)
 def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, source: str | None = None,
                      name: str = "pretrained") -> dict:
@@ -90,13 +91,13 @@ def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: d
     if not SOURCE_PATTERN.match(source):
         raise CompressionError(f"unknown model source {source!r}")
     target = workdir / f"{name}.pt"
-    run.log_params({"source": source})
+    run.log_params({"fetched_source": source})
     if source.startswith("models:/"):
         extra = _from_registry(ctx, source, target)
     elif source.startswith("file:"):
         path = cfg.resolve(source.removeprefix("file:"))
         read_model_file(path)
-        shutil.copyfile(path, target)
+        atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
         extra = {}
     else:
         extra = _build(cfg, data, source, target)

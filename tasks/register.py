@@ -56,9 +56,7 @@ def _create_version(ctx: RunContext, run, settings, row: dict, example: np.ndarr
         artifacts["onnx"] = row["onnx_path"]
     logged = run.client.create_logged_model(ctx.experiment_id, name="model", source_run_id=ctx.parent_run_id,
                                             tags={"shrinkflow.register_run_id": run.run_id})
-    # log_model and register_model take the tracking store from MLflow's process-global setting only (they
-    # have no tracking_uri argument); no active run is used: the model id names where it belongs.
-    mlflow.set_tracking_uri(ctx.tracking_uri)
+    # No active run is used: the model id names the run it belongs to.
     info = mlflow.pyfunc.log_model(name="model", python_model=ShrinkflowClassifier(), artifacts=artifacts,
                                    input_example=example, pip_requirements=["torch", "torchvision", "numpy"],
                                    model_id=logged.model_id)
@@ -96,8 +94,13 @@ def _lineage(cfg: PipelineConfig, ctx: RunContext, data: dict, row: dict, spec: 
 def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dict, extra_tags: dict):
     """The registry version of the chosen file: the one that exists, or a new one, checked once."""
     client, name = run.client, cfg.register.model_name
+    # log_model, register_model and the reload check's load_model take the store from MLflow's
+    # process-global setting only (no tracking_uri argument); registration runs one task at a time.
+    mlflow.set_tracking_uri(ctx.tracking_uri)
     existing = _versions_of(client, name, row["sha256"])
     if existing and existing[0].tags.get(CHECKED_TAG) == "true":
+        for key, value in extra_tags.items():  # e.g. the search that picked this file again
+            client.set_model_version_tag(name, existing[0].version, key, value)
         return existing[0]
     spec = read_model_file(row["path"])["spec"]
     images, labels = _test_images(cfg, data, spec["in_channels"])
@@ -113,7 +116,7 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
     return version
 
 
-@stage_task("register", sections=("register",), cache=False)
+@stage_task("register", sections=("register", "source"), cache=False)
 def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict],
              choice: dict | None = None) -> dict:
     """`choice` ({"candidate", "alias", "tags"}) names what to register, e.g. a search's pick; without it

@@ -7,9 +7,14 @@ write, and only the flow process touches it: a search that was killed finds its 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import json
 import logging
+import math
+import os
+import random
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,9 +80,14 @@ def _ratio_bounds(cfg: PipelineConfig, model) -> tuple[float, float]:
 def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, float | None]:
     """For each depth and int8 choice, the least pruning that brings the model within the budget."""
     metric, settings = cfg.search.budget.metric, cfg.prune
-    if settings.global_pruning:
-        raise CompressionError("prune.global_pruning: a search budget is met by construction only with local "
-                               "pruning (global pruning sets channel counts by the weights); set it to false")
+    refused = {"prune.global_pruning: true": settings.global_pruning,
+               f"prune.method: {settings.method}": settings.method != "structured" or not settings.enabled,
+               f"distill.student: {cfg.distill.student}": cfg.distill.student is not None}
+    for setting, bad in refused.items():
+        if bad:
+            raise CompressionError(f"{setting}: a {metric} budget is met by construction only by the trimmed "
+                                   "teacher pruned structurally with local pruning; use a latency_ms budget or "
+                                   "change the setting")
     low, high = _ratio_bounds(cfg, model)
     widths = {}
     for keep in _depths(cfg):
@@ -95,21 +105,21 @@ def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, f
     return widths
 
 
-def _teacher_costs(model, teacher: ModelRef, size: int) -> dict:
+def _teacher_costs(model, teacher: ModelRef, size: int, threads: int) -> dict:
     example = example_input(model, 1, size=size)
-    speed = cpu_latency(model, example, threads=1, repeats=20, min_seconds=0.05)
+    speed = cpu_latency(model, example, threads=threads, repeats=20, min_seconds=0.05)
     return {"macs": count_macs(model, example), "params": count_nonzero_params(model)[0],
             "size_bytes": Path(teacher["path"]).stat().st_size, "latency_ms": speed["latency_p50_ms"]}
 
 
-@stage_task("plan_search", sections=("search", "trim", "prune", "quantize"))
+@stage_task("plan_search", sections=("search", "trim", "prune", "quantize", "distill", "evaluate"))
 def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: ModelRef) -> dict:
     """The budget in absolute terms, the teacher's val accuracy (the reference for the accuracy drop), and the
     width of every depth choice; stops, before any training, a budget the space cannot reach."""
     bundle = get_bundle(cfg, data)
     model = load(teacher)
     budget = cfg.search.budget
-    costs = _teacher_costs(model, teacher, bundle.input_size)
+    costs = _teacher_costs(model, teacher, bundle.input_size, cfg.evaluate.threads)
     limit = policy.resolve_limit(budget.max, costs[budget.metric], budget.metric)
     val = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size, channels=input_channels(model)))
     meta = {"classes": bundle.classes, "mean": list(bundle.mean), "std": list(bundle.std)}  # as save_candidate
@@ -183,38 +193,72 @@ def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, s
 
 def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
     """One study per teacher file, data, seed, budget, space, fidelity and stage settings."""
-    identity = {"teacher": teacher["sha256"], "plan": plan, "seed": cfg.seed,
-                **cfg.stage_dict("data", "trim", "distill", "prune", "quantize")}
-    identity["search"] = {k: v for k, v in cfg.stage_dict("search")["search"].items()
-                          if k not in ("trials", "parallel", "dask_address", "top_k")}
+    identity = {"teacher": teacher["sha256"], "seed": cfg.seed,
+                "plan": {k: plan[k] for k in ("metric", "limit", "widths")},
+                **cfg.stage_dict("data", "trim", "distill", "prune", "quantize", "search")}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return output_root(cfg) / "search" / key / "study.db"
 
 
 def _sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.BaseSampler:
-    if cfg.search.sampler == "grid":
-        return optuna.samplers.GridSampler(policy.grid_space(sampled_space(cfg), cfg.search.grid_points), seed=seed)
+    if cfg.search.sampler == "grid":  # the grid's points are queued (see _queue_grid) and asked first
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # multivariate TPE is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
                                           n_startup_trials=max(2, min(10, cfg.search.trials // 3)))
 
 
+def _queue_grid(study: optuna.Study, cfg: PipelineConfig) -> None:
+    """Every point of the grid, queued once. (Optuna's GridSampler stops the study when the grid is done,
+    which only works inside study.optimize, not with ask and tell.)"""
+    axes = policy.grid_space(sampled_space(cfg), cfg.search.grid_points)
+    points = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    random.Random(cfg.search.seed if cfg.search.seed is not None else cfg.seed).shuffle(points)
+    for point in points:
+        study.enqueue_trial(point)
+
+
 def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Study:
     """The study (created, or loaded when a search with the same identity ran before), its orphaned trials
     (left RUNNING by a killed search) failed and queued again with the same settings."""
     path = study_path(cfg, teacher, plan)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
     sampler = _sampler(cfg, seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=f"sqlite:///{path}", study_name="search", direction="maximize",
                                 sampler=sampler, load_if_exists=True)
+    if cfg.search.sampler == "grid" and not study.trials:
+        _queue_grid(study, cfg)
     for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(orphan.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number})
         log.info("[search] trial %d was cut off by an earlier stop: queued again", orphan.number)
     return study
+
+
+def target_trials(cfg: PipelineConfig) -> int:
+    """How many trials the search runs: `trials`, or the grid's size when that is smaller."""
+    if cfg.search.sampler != "grid":
+        return cfg.search.trials
+    axes = policy.grid_space(sampled_space(cfg), cfg.search.grid_points)
+    return min(cfg.search.trials, math.prod(len(v) for v in axes.values()))
+
+
+@contextmanager
+def study_session(cfg: PipelineConfig, teacher: ModelRef, plan: dict):
+    """The study, held by this search alone: a second search on the same study stops with one line
+    instead of failing the first one's running trials as orphans (the lock ends with the process)."""
+    path = study_path(cfg, teacher, plan)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name("study.lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CompressionError(f"another search is running on the study {path}; wait for it or change "
+                                   "the search settings") from None
+        lock.seek(0), lock.truncate(), lock.write(str(os.getpid())), lock.flush()
+        yield open_study(cfg, teacher, plan)
 
 
 def finished(study: optuna.Study) -> list[dict]:
@@ -256,7 +300,7 @@ def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
     return rows
 
 
-@stage_task("search_report", cache=False)
+@stage_task("search_report", sections=("search",), cache=False)
 def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, trials: list[dict],
                   plan: dict) -> dict:
     """The trials table (CSV, Prefect table artifact), the Pareto plot with the budget line and the best
@@ -266,6 +310,8 @@ def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, 
     max_drop = cfg.search.budget.max_accuracy_drop
     table = _table(trials, plan, max_drop)
     parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
+    parent.set_tags({"search.sampler_seed": cfg.search.seed if cfg.search.seed is not None else cfg.seed,
+                     "search.budget_limit": plan["limit"], "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
     parent.log_text(pd.DataFrame(table).to_csv(index=False), "search/trials.csv")
     figures = {"search/pareto.png": plots.search_pareto(trials, plan, max_drop),
                "search/best_so_far.png": plots.best_so_far(

@@ -53,7 +53,8 @@ NOT_COMPUTED = frozenset({"name", "output_dir", "tracking", "resolve", "stage_di
 
 class ConfigReads:
     """The config as a stage sees it, noting which top-level settings the stage reads, so that a stage
-    reading a section its cache key does not hash is caught (see `check_sections`)."""
+    reading a section its key does not hash is caught (see `check_sections`). Uncached stages are held
+    to it too: their key names their output folder."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         object.__setattr__(self, "_cfg", cfg)
@@ -114,8 +115,7 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
                 run.set_tags({"shrinkflow.cache_key": key, "shrinkflow.workdir": str(workdir)})
                 run.log_params({"seed": cfg.seed, **cfg.stage_dict(*sections)})
                 result = fn(seen, ctx, run, workdir, **inputs)
-                if cache:
-                    check_sections(stage, sections, seen.read)
+                check_sections(stage, sections, seen.read)
             if not isinstance(result, dict):
                 return result
             result = {**result, "run_id": run.run_id, "stage": stage}

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
@@ -64,8 +65,6 @@ def store_id(uri: str) -> str:
 
 def run_finished(ctx: "RunContext", run_id: str) -> bool:
     """Whether `run_id` is a FINISHED run of the store `ctx` logs to (a cache hit may only point there)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return ctx.client().get_run(run_id).info.status == "FINISHED"
     except MlflowException:
@@ -120,11 +119,27 @@ def make_client(tracking_uri: str) -> MlflowClient:
     return client
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def get_experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     experiment_id = _find_or_create_experiment(client, name, tracking_uri)
-    # Without it, MLflow 3's UI guesses the experiment's kind and may open it as a GenAI one.
-    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+    _mark_model_training(client, experiment_id, tracking_uri)
     return experiment_id
+
+
+def _mark_model_training(client: MlflowClient, experiment_id: str, tracking_uri: str) -> None:
+    """Without the tag, MLflow 3's UI guesses the experiment's kind and may open it as a GenAI one. Several
+    pipelines starting at once may all try to set it: the first one does, the others find it set."""
+    key, kind = EXPERIMENT_KIND
+    with _store_lock(tracking_uri):
+        if client.get_experiment(experiment_id).tags.get(key) == kind:
+            return
+        try:
+            client.set_experiment_tag(experiment_id, key, kind)
+        except MlflowException:
+            if client.get_experiment(experiment_id).tags.get(key) != kind:
+                raise
 
 
 def _find_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:

@@ -34,6 +34,16 @@ def test_key_follows_content_not_where_it_was_logged(tmp_path):
                                                           ("prune",)), {"student": ref})
 
 
+def test_a_key_with_the_source_follows_the_source_and_search_runs_only_fields_change_no_key():
+    one, other = load_config("configs/smoke.yaml"), load_config("configs/smoke.yaml", {"source": "scratch:resnet34"})
+    assert stage_settings(one, ("source",)) != stage_settings(other, ("source",))
+    assert stage_settings(one, ()) == stage_settings(other, ())
+    more = load_config("configs/smoke.yaml", {"search.trials": 50, "search.parallel": 4, "search.top_k": 3})
+    assert stage_settings(one, ("search",)) == stage_settings(more, ("search",))
+    assert stage_settings(one, ("search",)) != stage_settings(
+        load_config("configs/smoke.yaml", {"search.budget.max": "20%"}), ("search",))
+
+
 def test_a_record_is_used_only_when_valid_for_this_store(tmp_path):
     result = {"kd": _ref(tmp_path / "kd.pt", "kd", "run-kd"), "run_id": "run-stage", "stage": "distill"}
     cache.write_record(tmp_path, "distill", "k", "store-x", result)

@@ -56,3 +56,12 @@ def test_yaml_syntax_error_and_missing_file(tmp_path):
 def test_source_is_required():
     with pytest.raises(ConfigError, match="source: Field required"):
         config_from_dict({})
+
+
+def test_search_budget_numbers_shares_and_space_values():
+    assert load_config("configs/smoke.yaml", {"search.budget.max": "3e6"}).search.budget.max == 3e6  # YAML text
+    assert load_config("configs/smoke.yaml", {"search.budget.max": "12.5%"}).search.budget.max == "12.5%"
+    with pytest.raises(ConfigError, match=r"search.space.distill.alpha: 1.5: Input should be less than or equal to 1"):
+        load_config("configs/smoke.yaml", {"search.space": '{"distill.alpha": {"low": 0.5, "high": 1.5}}'})
+    with pytest.raises(ConfigError, match=r"search.space.trim.keep_per_stage: \[0, 1\]: .*at least 1 block"):
+        load_config("configs/smoke.yaml", {"search.space": '{"trim.keep_per_stage": {"choices": [1, [0, 1]]}}'})

@@ -168,12 +168,18 @@ def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_wor
 
 SEARCH_BAD_INPUTS = [
     ("unknown budget metric", ["search.budget.metric=flops"], "search.budget.metric: Input should be"),
-    ("budget max 0", ["search.budget.max=0"], "search.budget.max: 0.0 must be greater than 0"),
-    ("negative budget", ["search.budget.max=-5"], "search.budget.max: -5.0 must be greater than 0"),
+    ("budget max 0", ["search.budget.max=0"], "search.budget.max: 0.0 must be a finite number greater than 0"),
+    ("negative budget", ["search.budget.max=-5"], "search.budget.max: -5.0 must be a finite number greater than 0"),
     ("share over 100%", ["search.budget.max=120%"], "must be more than 0% and at most 100% of the teacher"),
     ("empty space", ["search.space={}"], "search.space: the search space is empty"),
     ("parallel 0", ["search.parallel=0"], "search.parallel: Input should be greater than or equal to 1"),
     ("unknown knob", ['search.space={"prune.steps": {"choices": [1]}}'], "prune.steps cannot be searched"),
+    ("knob value its setting refuses", ['search.space={"prune.ratio": {"low": 0.2, "high": 1.0}}'],
+     "search.space.prune.ratio: 1.0: Input should be less than 1"),
+    ("depth as a range", ['search.space={"trim.keep_per_stage": {"low": 1, "high": 3}}'],
+     "search.space.trim.keep_per_stage: give choices"),
+    ("width budget with unstructured pruning", ["prune.method=unstructured", "search.budget.max=1e9"],
+     "prune.method: unstructured: a macs budget is met by construction only"),
 ]
 
 
