@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from compression import first_line
 from tasks.config import PROJECT_ROOT
 
 
@@ -268,11 +269,6 @@ def _is_bad_input(exc: BaseException) -> bool:
     return any(cls.__name__ in BAD_INPUT for cls in type(exc).__mro__)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
     try:
         return args.func(args)
@@ -283,10 +279,10 @@ def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
         logging.getLogger("shrinkflow.cli").debug("command failed", exc_info=True)
         log_stream.flush()
         if _is_bad_input(exc):
-            print(f"shrinkflow: error: {_one_line(exc)}", file=real_stderr)
+            print(f"shrinkflow: error: {first_line(exc)}", file=real_stderr)
             return 2
         # A failed run: its MLflow runs are already marked FAILED.
-        print(f"shrinkflow: run failed: {type(exc).__name__}: {_one_line(exc)} (traceback in {log_path})",
+        print(f"shrinkflow: run failed: {type(exc).__name__}: {first_line(exc)} (traceback in {log_path})",
               file=real_stderr)
         return 1
 

@@ -22,3 +22,9 @@ Modules:
 
 class CompressionError(ValueError):
     """A bad input or an impossible request, reported to the user as one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type when the message is empty."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
-from compression import CompressionError
+from compression import CompressionError, first_line
 from compression import search as policy
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
@@ -66,7 +66,7 @@ def _outcome(future, number: int, settings: dict) -> dict:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
-        log.warning("[search] trial %d failed: %s", number, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        log.warning("[search] trial %d failed: %s", number, first_line(exc))
         return failed_outcome(number, settings, exc)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from prefect.artifacts import create_table_artifact
 
-from compression import CompressionError
+from compression import CompressionError, first_line
 from compression import search as policy
 from compression.measure import count_macs, count_nonzero_params, cpu_latency, evaluate_classifier
 from compression.models import example_input, input_channels
@@ -171,7 +171,7 @@ def trial_run(ctx: RunContext, number: int, settings: dict, full: bool):
         try:
             yield RunContext(ctx.tracking_uri, ctx.experiment_id, run.run_id), run
         except Exception as exc:
-            run.set_tags({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]})
+            run.set_tags({"error": f"{type(exc).__name__}: {first_line(exc)}"[:500]})
             raise
 
 
@@ -279,9 +279,8 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: dict, plan: dict, 
 
 
 def failed_outcome(number: int, settings: dict, error: BaseException) -> dict:
-    text = str(error).strip().splitlines()
     return {"number": number, "state": "FAIL", "settings": settings,
-            "error": f"{type(error).__name__}: {text[0] if text else ''}"}
+            "error": f"{type(error).__name__}: {first_line(error)}"}
 
 
 def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:

@@ -90,7 +90,8 @@ def stage_workdir(stage: str, sections: tuple[str, ...], cfg: PipelineConfig, in
 
 def _cached_result(stage: str, workdir: Path, ctx: RunContext):
     store = store_id(ctx.tracking_uri)
-    result, why = records.lookup(workdir, store, lambda run_id: run_finished(ctx, run_id))
+    client = ctx.client()
+    result, why = records.lookup(workdir, store, lambda run_id: run_finished(client, run_id))
     if why:
         log.info("[%s] cache record not used, running the stage again: %s", stage, why)
     return result

@@ -63,10 +63,10 @@ def store_id(uri: str) -> str:
     return redact(uri).rstrip("/")
 
 
-def run_finished(ctx: "RunContext", run_id: str) -> bool:
-    """Whether `run_id` is a FINISHED run of the store `ctx` logs to (a cache hit may only point there)."""
+def run_finished(client: MlflowClient, run_id: str) -> bool:
+    """Whether `run_id` is a FINISHED run of the client's store (a cache hit may only point there)."""
     try:
-        return ctx.client().get_run(run_id).info.status == "FINISHED"
+        return client.get_run(run_id).info.status == "FINISHED"
     except MlflowException:
         return False
 

@@ -178,12 +178,15 @@ SEARCH_BAD_INPUTS = [
      "search.space.prune.ratio: 1.0: Input should be less than 1"),
     ("depth as a range", ['search.space={"trim.keep_per_stage": {"low": 1, "high": 3}}'],
      "search.space.trim.keep_per_stage: give choices"),
-    ("width budget with unstructured pruning", ["prune.method=unstructured", "search.budget.max=1e9"],
-     "prune.method: unstructured: a macs budget is met by construction only"),
+    # found by plan_search, after the teacher's fine-tuning: a flow run
+    pytest.param("width budget with unstructured pruning", ["prune.method=unstructured", "search.budget.max=1e9"],
+                 "prune.method: unstructured: a macs budget is met by construction only", marks=pytest.mark.slow,
+                 id="width budget with unstructured pruning"),
 ]
 
 
-@pytest.mark.parametrize("name, settings, message", SEARCH_BAD_INPUTS, ids=[c[0] for c in SEARCH_BAD_INPUTS])
+@pytest.mark.parametrize("name, settings, message", [
+    c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in SEARCH_BAD_INPUTS])
 def test_search_bad_input_is_one_line_and_exit_2(name, settings, message, tmp_path, capsys):
     from cli.main import main
 
