@@ -82,11 +82,16 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _amount(value: float) -> str:
+    """3,300,838 MACs or bytes; 2.41 ms."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _print_search(result: dict) -> None:
     plan, trials = result["plan"], result["trials"]
     completed = [t for t in trials if t["state"] == "COMPLETE"]
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
-    print(f"budget: {plan['metric']} <= {plan['limit']:,.6g} (teacher {plan['teacher'][plan['metric']]:,.6g}); "
+    print(f"budget: {plan['metric']} <= {_amount(plan['limit'])} (teacher {_amount(plan['teacher'][plan['metric']])}); "
           f"{len(completed)} trials completed, {len(trials) - len(completed)} failed; "
           f"{len(result['finalists'])} trained again at full epochs")
     print("\n" + result["markdown"] + "\n")
