@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-fast data clean server server-stop worker deploy serve bench bench-report
+.PHONY: demo test test-fast data clean server server-stop worker deploy serve bench bench-report architectures
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,9 @@ data:
 demo: $(STAMP) data
 	$(BIN)/shrinkflow demo
 
+# Two workers (pytest-xdist); the modules that share the session's smoke pipeline stay on one.
 test: $(STAMP) data
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow"
@@ -46,7 +47,7 @@ worker: $(STAMP)
 deploy: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && deployments/stack.sh pool && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect \
 	  --no-prompt deploy --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand \
-	  --name pretrain/on-demand --name search/on-demand
+	  --name pretrain/on-demand --name search/on-demand --name predict/on-demand --name predict/nightly
 
 # Every deployment served from one process, no work pool (development).
 serve: $(STAMP)
@@ -60,7 +61,14 @@ bench: $(STAMP) data
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/compression_results.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/families.py
+	$(BIN)/python bench/serving.py
+	$(MAKE) architectures
 	$(BIN)/python bench/report.py
+
+# docs/architectures.md: every torchvision classifier through every stage (about half an hour on 2 cores).
+architectures: $(STAMP) data
+	$(BIN)/python bench/architectures.py --jobs 2 --json bench/.work/architectures.json
 
 # docs/benchmarks.md again from the results already in bench/results/.
 bench-report: $(STAMP)

@@ -1,4 +1,4 @@
-"""`shrinkflow` command line: run, search, reproduce, compare, demo.
+"""`shrinkflow` command line: run, search, predict, reproduce, compare, demo.
 
 Bad input ends with one line on stderr and exit code 2; a failed run or a bug with one line, the path of
 the log file that holds the traceback, and exit code 1. Progress and results go to stdout (cli/console.py).
@@ -52,7 +52,8 @@ def _print_result(result: dict) -> None:
         print(f"KD gain (student with KD - without, test accuracy): {100 * result['kd_gain']:+.2f} points")
     if result.get("registered"):
         reg = result["registered"]
-        print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, accuracy {reg['accuracy']:.4f})")
+        print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, accuracy {reg['accuracy']:.4f}, "
+              f"serves on {reg['runtime']})")
 
 
 def cmd_run(args) -> int:
@@ -79,6 +80,32 @@ def cmd_search(args) -> int:
     check_dask(cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS"))
     result = search(config=args.config, overrides=overrides)
     _print_search(result)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from flows.predict import predict
+    from tasks.config import load_config, parse_set_options
+
+    from tasks.predict import registered_version, store_of
+    from tasks.tracking import check_tracking
+
+    # Bad input fails here, before Prefect starts: the config, the image folder, the store, the model.
+    overrides = parse_set_options(args.set or [])
+    cfg = load_config(args.config, overrides) if args.config else None
+    if args.images and not Path(args.images).is_dir():
+        raise NotFoundError(f"image folder {args.images} does not exist")
+    store = store_of(cfg, args.tracking_uri)
+    check_tracking(store)
+    registered_version(args.model, store)
+    result = predict(model=args.model, images=args.images, config=args.config, overrides=overrides,
+                     experiment=args.experiment, tracking_uri=args.tracking_uri, output=args.output)
+    print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
+    version = f" version {result['model_version']}" if result["model_version"] else ""
+    print(f"{args.model}{version} on {result['runtime']}: {result['images']} images -> {result['csv']}")
+    print("predicted: " + ", ".join(f"{name} {count}" for name, count in result["counts"].items()))
+    if result["accuracy"] is not None:
+        print(f"accuracy: {result['accuracy']:.4f}")
     return 0
 
 
@@ -230,11 +257,21 @@ def cmd_demo(args) -> int:
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"browse the runs: cd {PROJECT_ROOT} && .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
           "  (then open http://127.0.0.1:5000)")
+    if result.get("registered"):
+        print(f"serve the model: cd {PROJECT_ROOT} && PATH=\"$PWD/.venv/bin:$PATH\" MLFLOW_TRACKING_URI=sqlite:///mlflow.db "
+              f"mlflow models serve -m {result['registered']['uri']} --env-manager local -h 127.0.0.1 -p 5001"
+              "  (README: Serve the model)")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """A usage error is bad input too: one line (not argparse's usage block), exit 2."""
+        self.exit(2, f"shrinkflow: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shrinkflow", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="shrinkflow", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show every library's log lines and tracebacks on stderr (else only in the log file)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted-key override, e.g. search.trials=12")
     srch.add_argument("--dask-address", help="tcp://host:8786 of a running Dask scheduler (default: a local cluster)")
     srch.set_defaults(func=cmd_search)
+    pred = sub.add_parser("predict", help="score images with a registered model; predictions CSV on an MLflow run")
+    pred.add_argument("model", help="registered model, models:/name@alias or models:/name/version")
+    what = pred.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", help="folder of images: root/<class>/<image> (class by name or label id) or flat")
+    what.add_argument("--config", help="score the test split of this config's data")
+    pred.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in --config, e.g. data.test_per_class=100")
+    pred.add_argument("--experiment", default="shrinkflow-predictions")
+    pred.add_argument("--tracking-uri", help="MLflow store of the model registry (default as for run)")
+    pred.add_argument("--output", help="CSV path (default outputs/predictions/<run-id>/predictions.csv)")
+    pred.set_defaults(func=cmd_predict)
     cmp_ = sub.add_parser("compare", help="table of the pipeline runs of an experiment")
     cmp_.add_argument("--experiment", default="shrinkflow")
     cmp_.add_argument("--tracking-uri")

@@ -11,6 +11,7 @@ import hashlib
 import os
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 from compression import CompressionError
 from compression.fileio import torch_save_atomic
-from compression.models import build_model, layer_sizes, require_spec
+from compression.models import build_model, layer_sizes, require_spec, skip_random_init
 from compression.quantization import is_quantized, set_engine, skeleton
 from compression.trimming import apply_trim
 
@@ -64,18 +65,38 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict | None = No
 
 
 def _resize_layers(model: nn.Module, sizes: dict[str, dict], state: dict) -> None:
+    """Set the recorded size attributes, then give every parameter and buffer the shape it has in `state`
+    (pruning also resizes tensors that belong to no sized layer: ConvNeXt's layer_scale, ViT's class token and
+    position embedding)."""
     for name, attrs in sizes.items():
         module = model.get_submodule(name)
         for attr, value in attrs.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
         for pname, param in list(module.named_parameters(recurse=False)):
-            key = f"{name}.{pname}" if name else pname
+            key = prefix + pname
             if key in state and state[key].shape != param.shape:
-                setattr(module, pname, nn.Parameter(torch.empty_like(state[key])))
+                setattr(module, pname, nn.Parameter(torch.empty_like(state[key], dtype=param.dtype)))
         for bname, buf in list(module.named_buffers(recurse=False)):
-            key = f"{name}.{bname}" if name else bname
+            key = prefix + bname
             if buf is not None and key in state and state[key].shape != buf.shape:
-                module.register_buffer(bname, torch.empty_like(state[key]))
+                module.register_buffer(bname, torch.empty_like(state[key], dtype=buf.dtype))
+
+
+def rebuild(spec: dict, random_init: bool = True) -> nn.Module:
+    """The float architecture a spec describes, before any pruning: built, adapted and trimmed as recorded.
+    `random_init=False` leaves the weights uninitialised, for a caller that loads all of them."""
+    with nullcontext() if random_init else skip_random_init():
+        model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"])
+    rebuilt = model.shrinkflow_spec.get("adaptations")
+    if rebuilt != spec.get("adaptations"):
+        raise CompressionError(f"{spec['arch']} at {spec['input_size']}x{spec['input_size']} now builds with "
+                               f"adaptations {rebuilt}, the file was made with {spec.get('adaptations')}")
+    if spec.get("trim"):
+        apply_trim(model, spec["trim"])
+    model.shrinkflow_spec = {k: v for k, v in spec.items() if k != "quantization"}
+    return model
 
 
 def load_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
@@ -115,10 +136,7 @@ def load_model(path: str | os.PathLike, expected_sha256: str | None = None) -> n
     """Rebuild and load a model written by save_model (trimmed and pruned ones included), in eval mode."""
     payload = read_model_file(path, expected_sha256)
     spec = payload["spec"]
-    model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"])
-    if spec.get("trim"):
-        apply_trim(model, spec["trim"])
-    model.shrinkflow_spec = {k: v for k, v in spec.items() if k != "quantization"}
+    model = rebuild(spec, random_init=False)
     quantization = spec.get("quantization")
     if quantization:
         # Rebuild the float model it was made from, then the same int8 structure, then load the int8 state.

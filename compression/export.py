@@ -18,9 +18,11 @@ from torch import nn
 from compression import CompressionError
 from compression.fileio import atomic_write
 from compression.measure import latency_inputs, timed_calls
-from compression.models import quantization_info
+from compression.models import arch_name, check_supported, quantization_info
 
 log = logging.getLogger("shrinkflow")
+
+ONNX_FILE_LIMIT_BYTES = 2**31  # protobuf's message limit; larger models need external data files
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 18) -> Path:
@@ -28,13 +30,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     if quantization_info(model):
         raise CompressionError("quantized models cannot be exported to ONNX here (torch.export does not trace "
                                "torch.ao int8 ops); export the float model")
+    check_supported(arch_name(model), "export")
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if weight_bytes >= ONNX_FILE_LIMIT_BYTES:
+        raise CompressionError(f"{arch_name(model)}: export is not supported: its {weight_bytes / 2**30:.1f} GiB of "
+                               "weights exceed the 2 GiB limit of a single-file ONNX model")
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # The exporter reports progress with print(); keep it out of our logs.
         logging.getLogger("torch.onnx").setLevel(logging.WARNING)
-        program = torch.onnx.export(model, (example[:1].cpu(),), dynamo=True, opset_version=opset,
+        # Trace with two images: with one, torch.export specialises the batch dimension together with the 1x1
+        # feature maps of small inputs (ConvNeXt at 28x28) and the dynamic batch fails its constraint check.
+        sample = example[:2].cpu() if len(example) >= 2 else example[:1].cpu().expand(2, -1, -1, -1)
+        program = torch.onnx.export(model, (sample.contiguous(),), dynamo=True, opset_version=opset,
                                     dynamic_shapes=({0: batch},), input_names=["images"], output_names=["logits"],
                                     verbose=False, report=False)
         atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))

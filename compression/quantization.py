@@ -22,10 +22,11 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from compression import CompressionError
 from compression.measure import count_macs, count_nonzero_params
-from compression.models import example_input, layer_sizes, quantization_info, require_spec
+from compression.models import check_supported, example_input, layer_sizes, quantization_info, require_spec
 
 MODES = ("static", "dynamic")
 
@@ -60,24 +61,59 @@ def _float_layout(model: nn.Module) -> dict:
 
 
 def _convert(model: nn.Module, mode: str, backend: str, example: torch.Tensor,
-             calibration: Iterable[torch.Tensor] | None) -> nn.Module:
+             calibration: Iterable[torch.Tensor] | None, in_place: bool = False) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = backend
-    model = copy.deepcopy(model).cpu().eval()
+    model = (model if in_place else copy.deepcopy(model)).cpu().eval()
     if mode == "dynamic":
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-    prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example[:1].cpu(),))
+        return quantize_dynamic(model, _dynamic_targets(model), dtype=torch.qint8)
+    prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example[:1].cpu().contiguous(),))
     with torch.no_grad():
         for images in calibration or ():
-            prepared(images.cpu())
-    return convert_fx(prepared)
+            # Grey images expanded to RGB have a zero channel stride; observers want a plain layout.
+            prepared(images.cpu().contiguous())
+    return _pool_instead_of_mean(convert_fx(prepared))
+
+
+def _dynamic_targets(model: nn.Module) -> dict:
+    """Every Linear layer, except those whose forward reads `.weight` directly instead of calling the layer
+    (Swin's window attention calls F.linear(x, self.qkv.weight)): an int8 layer has no weight tensor."""
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    targets = {nn.Linear: default_dynamic_qconfig}
+    for name, module in model.named_modules():
+        if isinstance(module, ShiftedWindowAttention):
+            targets.update({f"{name}.qkv": None, f"{name}.proj": None})
+    return targets
+
+
+def _pool_instead_of_mean(quantized: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite `x.mean([2, 3])` (global pooling in MNASNet, ShuffleNet) as adaptive_avg_pool2d + flatten.
+
+    int8 conv outputs are channels_last and the quantized mean over H, W keeps that memory format for a 2-D
+    result, which raises "required rank 4 tensor to use channels_last format"; the pooling op takes them.
+    """
+    graph = quantized.graph
+    for node in list(graph.nodes):
+        if node.op != "call_method" or node.target != "mean" or len(node.args) != 2 or node.kwargs:
+            continue
+        if list(node.args[1]) not in ([2, 3], [-2, -1]):
+            continue
+        with graph.inserting_before(node):
+            pooled = graph.call_function(nn.functional.adaptive_avg_pool2d, (node.args[0], 1))
+            flat = graph.call_method("flatten", (pooled, 1))
+        node.replace_all_uses_with(flat)
+        graph.erase_node(node)
+    quantized.recompile()
+    return quantized
 
 
 def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: Iterable[torch.Tensor] | None = None,
-             backend: str = "x86") -> nn.Module:
-    """An int8 copy of `model` (left unchanged). Static mode runs `calibration` batches through observers.
+             backend: str = "x86", in_place: bool = False) -> nn.Module:
+    """An int8 copy of `model` (left unchanged unless `in_place`: then it is converted, saving a copy of the
+    weights for the largest models). Static mode runs `calibration` batches through observers.
 
     The copy's `shrinkflow_spec["quantization"]` records how to rebuild it (mode, backend, the float layer
     shapes) and the float model's weight count and MACs: int8 kernels hold the same weights and do the same
@@ -86,6 +122,7 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
     """
     check_settings(mode, backend)
     spec = dict(require_spec(model))
+    check_supported(spec["arch"], f"quantize-{mode}")
     if is_quantized(model):
         raise CompressionError("model is already quantized")
     if mode == "static":
@@ -95,7 +132,7 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
     params, nonzero = count_nonzero_params(model)
     macs = count_macs(model, example[:1])
     with _quiet_deprecation():
-        quantized = _convert(model, mode, backend, example, calibration)
+        quantized = _convert(model, mode, backend, example, calibration, in_place)
     spec["quantization"] = {"mode": mode, "backend": backend, "float_layout": _float_layout(model),
                             "float_params": params, "float_nonzero_params": nonzero, "float_macs": macs}
     quantized.shrinkflow_spec = spec
@@ -103,9 +140,11 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
 
 
 def skeleton(float_model: nn.Module, settings: dict) -> nn.Module:
-    """The quantized structure for `settings` with placeholder scales, ready for load_state_dict."""
+    """The quantized structure for `settings` with placeholder scales, ready for load_state_dict.
+    `float_model` is used up (converted in place)."""
     with _quiet_deprecation():  # uncalibrated observers give placeholder scales; the loaded state replaces them
-        quantized = _convert(float_model, settings["mode"], settings["backend"], example_input(float_model), None)
+        quantized = _convert(float_model, settings["mode"], settings["backend"], example_input(float_model), None,
+                             in_place=True)
     quantized.shrinkflow_spec = {**require_spec(float_model), "quantization": settings}
     return quantized
 

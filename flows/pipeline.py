@@ -14,7 +14,7 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.export import export, with_onnx
+from tasks.export import INT8_CANDIDATE, export, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
 from tasks.prune import prune
@@ -67,7 +67,9 @@ class StageRunner:
         rows = self(evaluate, data=data, candidates=candidates)["rows"]
         if self.cfg.export.onnx:
             targets = {ref["name"]: ref for ref in (next(iter(candidates.values())), final)}
-            rows = with_onnx(rows, self(export, data=data, models=targets)["exports"])
+            int8 = {name: ref for name, ref in candidates.items()
+                    if name == INT8_CANDIDATE and ref.get("source_sha256") == final["sha256"]}
+            rows = with_onnx(rows, self(export, data=data, models=targets, int8=int8)["exports"])
         summary = self(report, rows=rows)
         registered = None
         if register_best:

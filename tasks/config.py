@@ -179,7 +179,8 @@ class QuantizeConfig(Section):
 
 
 class ExportConfig(Section):
-    onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, time onnxruntime")
+    onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, time onnxruntime; "
+                       "with static int8 also an int8 ONNX by onnxruntime's quantizer, gated like the torch int8 model")
     opset: int = Field(18, ge=13, le=23)
     parity_atol: float = Field(1e-3, gt=0, description="max abs logit difference an export may have")
 
@@ -197,6 +198,9 @@ class RegisterConfig(Section):
     model_name: str = Field("shrinkflow-model", pattern=r"^[\w.\-]+$")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the teacher, as a fraction (0.01 = 1 point)")
     objective: Literal["params", "macs", "latency", "size"] = "params"
+    runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="what the registered model runs on: onnxruntime where the chosen model has a "
+                                   "usable ONNX export (export.onnx), else torch")
 
 
 class TrackingConfig(Section):

@@ -29,6 +29,11 @@ def get_bundle(cfg: PipelineConfig, expected: dict | None = None) -> DataBundle:
     return bundle
 
 
+def dataset_labels(cfg: PipelineConfig, classes: list[str]) -> list[int]:
+    """The dataset's own class id of each model output 0..k-1 (e.g. [5, 7, 9] for classes 5, 7 and 9)."""
+    return list(cfg.data.classes) if cfg.data.classes is not None else list(range(len(classes)))
+
+
 def _dataset_source(path: str):
     """The data's folder as MLflow's local-files source. Said explicitly: resolving a bare path, MLflow
     finds two registered local sources and warns that the path "can be interpreted in multiple ways"."""
@@ -64,4 +69,4 @@ def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
             "input_size": bundle.input_size, "mean": list(bundle.mean), "std": list(bundle.std)}
 
 
-__all__ = ["DataConfig", "get_bundle", "load_data"]
+__all__ = ["DataConfig", "dataset_labels", "get_bundle", "load_data"]

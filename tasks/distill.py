@@ -5,14 +5,39 @@ unlabeled transfer set (data.unlabeled_per_class), which only a teacher can labe
 from __future__ import annotations
 
 import copy
+import logging
+
+from torch import nn
 
 from compression.distillation import distillation_loss
-from compression.models import build_model
+from compression.models import build_model, count_params
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
 from tasks.stage import stage_task
 from tasks.training import fit_logged, load, log_curves, save_candidate
+
+log = logging.getLogger("shrinkflow")
+
+
+def warn_if_not_smaller(run, teacher: nn.Module, student: nn.Module, why: str) -> bool:
+    """Say so (log and run tag) when the student has no fewer parameters than the teacher; True if it has."""
+    teacher_params, student_params = count_params(teacher), count_params(student)
+    run.log_metrics({"params_teacher": teacher_params, "params_student": student_params})
+    if student_params < teacher_params:
+        return False
+    log.warning("[distill] the student is as large as the teacher (%s params, teacher %s): %s; distilling will "
+                "not make the model smaller", f"{student_params:,}", f"{teacher_params:,}", why)
+    run.set_tags({"shrinkflow.student_not_smaller": "true"})
+    return True
+
+
+def _student_origin(student_arch: str | None, trimmed: bool) -> str:
+    if student_arch:
+        return f"distill.student is {student_arch}"
+    if trimmed:
+        return "trimming kept every block (lower trim.keep_per_stage)"
+    return "trimming is off and distill.student is not set"
 
 
 @stage_task("distill", sections=("distill",))
@@ -25,6 +50,7 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, s
         init = build_model(settings.student, len(bundle.classes), bundle.in_channels, bundle.input_size)
     else:
         init = load(student or teacher)
+    warn_if_not_smaller(run, teacher_model, init, _student_origin(settings.student, student is not None))
     kd_student = copy.deepcopy(init)
     kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill", split="transfer",
                     loss_fn=distillation_loss(teacher_model, settings.temperature, settings.alpha))

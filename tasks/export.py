@@ -1,67 +1,111 @@
 """export: ONNX files of the final float model and the teacher, each checked against PyTorch on the test
-split (max abs logit difference, top-1 agreement) and timed in onnxruntime like `evaluate` times PyTorch.
+split (max abs logit difference, top-1 agreement), scored on it, and timed in onnxruntime like `evaluate`
+times PyTorch. With a static int8 candidate, also its int8 ONNX made by onnxruntime's own quantizer (QDQ)
+from the float ONNX of the same model, calibrated on the same training images as the torch int8 model and
+gated like it: further than quantize.max_accuracy_drop below the float ONNX on the val split, it is
+rejected.
 
-An export that misses export.parity_atol is logged but not marked usable, so the registered model never
-claims an ONNX format it does not have.
+An export that misses its gate is logged but not marked usable, so the registered model never claims an
+ONNX file it does not have.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import torch
 
 from compression.checkpoint import file_sha256
 from compression.export import export_onnx, onnx_latency, parity, session
 from compression.models import example_input, input_channels
+from compression.onnx_runtime import onnx_accuracy, predict_logits, quantize_onnx_static
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.quantize import calibration_batches
 from tasks.stage import stage_task
 from tasks.training import load
 
 log = logging.getLogger("shrinkflow")
 
-# Candidates in the order the pipeline makes them; the last float one present is "the final model".
-FLOAT_ORDER = ("teacher", "student_kd", "pruned")
+INT8_CANDIDATE = "quantized_static"  # the torch int8 model an int8 ONNX stands beside
 
 
-def export_targets(candidates: dict) -> dict:
-    """The teacher and the last float model of the chain (they may be the same)."""
-    present = [name for name in FLOAT_ORDER if candidates.get(name)]
-    return {name: candidates[name] for name in dict.fromkeys(["teacher", present[-1]]) if name in present}
+def _measure(cfg: PipelineConfig, bundle, path: Path, channels: int, size_of) -> tuple:
+    """An onnxruntime session on the file, its test accuracy and its speed."""
+    sess = session(path, cfg.evaluate.threads)
+    accuracy = onnx_accuracy(sess, bundle.batches("test", cfg.data.eval_batch_size, channels=channels))
+    speed = onnx_latency(sess, example_input(size_of, cfg.evaluate.throughput_batch, size=bundle.input_size),
+                         cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch, cfg.evaluate.throughput_seconds)
+    return sess, {"accuracy": accuracy, **speed, "size_bytes": path.stat().st_size}
 
 
-@stage_task("export", sections=("export", "evaluate"))
-def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict) -> dict:
+def _float_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict) -> dict:
+    model = load(ref)
+    channels = input_channels(model)
+    images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
+    path = export_onnx(model, images, workdir / f"{name}.onnx", cfg.export.opset)
+    sess, info = _measure(cfg, bundle, path, channels, model)
+    check = parity(model, sess, images)
+    ok = check["max_abs_diff"] <= cfg.export.parity_atol and check["top1_agreement"] == 1.0
+    if not ok:
+        log.warning("[export] %s: ONNX differs from PyTorch (max abs diff %.2e, top-1 agreement %.4f)",
+                    name, check["max_abs_diff"], check["top1_agreement"])
+    return {"candidate": name, "path": str(path), "sha256": file_sha256(path), "ok": ok, "format": "float",
+            "source_sha256": ref["sha256"], **check, **info, "parity_ok": int(ok)}
+
+
+def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict, float_export: dict) -> dict:
+    """onnxruntime's int8 of the float ONNX; usable when its val accuracy is within the quantize gate."""
+    model = load(ref)  # the torch int8 model: top-1 agreement with it is reported, not gated
+    channels = input_channels(model)
+    path = quantize_onnx_static(float_export["path"], calibration_batches(cfg, bundle, channels),
+                                workdir / f"{name}.onnx")
+    sess, info = _measure(cfg, bundle, path, channels, model)
+    float_sess = session(float_export["path"], cfg.evaluate.threads)
+    val = lambda: bundle.batches("val", cfg.data.eval_batch_size, channels=channels)  # noqa: E731
+    drop = onnx_accuracy(float_sess, val()) - (val_acc := onnx_accuracy(sess, val()))
+    images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
+    with torch.no_grad():
+        torch_top1 = model(images).argmax(1).numpy()
+    agreement = float((predict_logits(sess, [images]).argmax(1) == torch_top1).mean())
+    ok = drop <= cfg.quantize.max_accuracy_drop + 1e-9
+    if not ok:
+        log.warning("[export] %s: onnxruntime int8 loses %.2f points on val (limit %.2f): not used",
+                    name, 100 * drop, 100 * cfg.quantize.max_accuracy_drop)
+    return {"candidate": name, "path": str(path), "sha256": file_sha256(path), "ok": ok, "format": "int8-qdq",
+            "source_sha256": float_export["sha256"], "val_acc": val_acc, "val_acc_drop": drop,
+            "top1_agreement_torch_int8": agreement, **info}
+
+
+@stage_task("export", sections=("export", "evaluate", "quantize"))
+def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict, int8: dict | None = None) -> dict:
+    """`models`: float candidates to export; `int8`: the static int8 candidate, whose int8 ONNX is made from
+    the float export of the model it was quantized from (one of `models`)."""
     bundle = get_bundle(cfg, data)
-    settings = cfg.export
-    exports = {}
-    for name, ref in models.items():
-        model = load(ref)
-        images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=input_channels(model))))[0]
-        path = export_onnx(model, images, workdir / f"{name}.onnx", settings.opset)
-        sess = session(path, cfg.evaluate.threads)
-        check = parity(model, sess, images)
-        example = example_input(model, cfg.evaluate.throughput_batch, size=bundle.input_size)
-        speed = onnx_latency(sess, example, cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch,
-                             cfg.evaluate.throughput_seconds)
-        ok = check["max_abs_diff"] <= settings.parity_atol and check["top1_agreement"] == 1.0
-        if not ok:
-            log.warning("[export] %s: ONNX differs from PyTorch (max abs diff %.2e, top-1 agreement %.4f)",
-                        name, check["max_abs_diff"], check["top1_agreement"])
-        info = {**check, **speed, "size_bytes": path.stat().st_size, "parity_ok": int(ok)}
-        run.log_metrics(info, prefix=f"{name}.onnx.")
-        run.log_artifact(path, "onnx")
-        exports[name] = {"candidate": name, "path": str(path), "sha256": file_sha256(path), "ok": ok, **info}
+    exports = {name: _float_export(cfg, bundle, workdir, name, ref) for name, ref in models.items()}
+    for name, ref in (int8 or {}).items():
+        source = next((e for e in exports.values() if e["source_sha256"] == ref.get("source_sha256")), None)
+        if source is None:
+            raise RuntimeError(f"int8 candidate {name} was not quantized from any exported model")
+        exports[name] = _int8_export(cfg, bundle, workdir, name, ref, source)
+    for name, info in exports.items():
+        run.log_metrics({k: float(v) for k, v in info.items() if isinstance(v, (int, float))}, prefix=f"{name}.onnx.")
+        run.log_artifact(info["path"], "onnx")
+        if not info["ok"]:
+            run.set_tags({f"{name}.onnx.rejected": "true"})
     run.log_dict({"exports": exports}, "exports.json")
     return {"exports": exports}
 
 
 def with_onnx(rows: list[dict], exports: dict) -> list[dict]:
-    """Evaluation rows with the onnxruntime speed and ONNX file of candidates that have a usable export."""
+    """Evaluation rows with the onnxruntime speed, accuracy and ONNX file of candidates that have a usable
+    export."""
     merged = []
     for row in rows:
         found = exports.get(row["candidate"])
         if found and found["ok"]:
             row = {**row, "onnx_latency_p50_ms": found["latency_p50_ms"], "onnx_throughput_ips": found["throughput_ips"],
-                   "onnx_path": found["path"]}
+                   "onnx_accuracy": found["accuracy"], "onnx_path": found["path"], "onnx_format": found["format"]}
         merged.append(row)
     return merged

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from compression import CompressionError
+from compression.models import check_stages, list_architectures
+from compression.trimming import check_trimmable_arch
 from tasks.config import PipelineConfig
 from tasks.tracking import check_tracking, default_tracking_uri
 
@@ -27,6 +29,11 @@ def ensure_writable(directory) -> None:
 
 def preflight(cfg: PipelineConfig) -> str:
     """Run every check; returns the tracking URI the pipeline logs to."""
+    if cfg.source.startswith(("scratch:", "torchvision:")):  # a stage the architecture cannot do: refuse now
+        arch, stages = cfg.source.split(":")[1], planned_stages(cfg)
+        check_stages(arch, stages)
+        if "trim" in stages and arch in list_architectures():
+            check_trimmable_arch(arch)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
     ensure_writable(cfg.resolve(cfg.output_dir))
@@ -38,6 +45,16 @@ def preflight(cfg: PipelineConfig) -> str:
         if not path.is_file():
             raise CompressionError(f"model file {path} does not exist")
     return tracking_uri
+
+
+def planned_stages(cfg: PipelineConfig) -> list[str]:
+    """The compression stages (as compression.models.check_supported names them) this config will run."""
+    stages = ["trim"] if cfg.trim.enabled else []
+    if cfg.prune.enabled and cfg.prune.method in ("structured", "both"):
+        stages.append("prune")
+    if cfg.quantize.enabled:
+        stages += [f"quantize-{mode}" for mode in cfg.quantize.modes]
+    return stages + (["export"] if cfg.export.onnx else [])
 
 
 def check_dask(address: str | None, timeout: float = 5.0) -> None:

@@ -20,16 +20,22 @@ from tasks.training import load, save_candidate
 log = logging.getLogger("shrinkflow")
 
 
+def calibration_batches(cfg: PipelineConfig, bundle, channels: int) -> list:
+    """The training images static int8 is calibrated on (torch's and onnxruntime's alike): shuffled (seeded)
+    so that the observers see every class, not the first ones of a class-sorted split."""
+    size = cfg.quantize.calibration_size
+    batch = min(64, size)
+    shuffled = bundle.batches("train", batch, train=True, seed=cfg.seed, channels=channels)
+    return [x for x, _ in islice(shuffled, -(-size // batch))]
+
+
 @stage_task("quantize", sections=("quantize",))
 def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) -> dict:
     bundle = get_bundle(cfg, data)
     settings = cfg.quantize
     float_model = load(model)
     channels = input_channels(float_model)
-    batch = min(64, settings.calibration_size)
-    # Shuffled (seeded) so that the observers see every class, not the first ones of a class-sorted split.
-    shuffled = bundle.batches("train", batch, train=True, seed=cfg.seed, channels=channels)
-    calibration = [x for x, _ in islice(shuffled, -(-settings.calibration_size // batch))]
+    calibration = calibration_batches(cfg, bundle, channels)
     example = example_input(float_model, size=bundle.input_size)
     val = bundle.batches("val", cfg.data.eval_batch_size, channels=channels)
     float_acc = evaluate_classifier(float_model, val)["accuracy"]

@@ -13,7 +13,7 @@ from tasks.stage import stage_task
 from tasks.tracking import RunContext, StageRun
 
 COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
-           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "onnx_latency_p50_ms", "onnx_throughput_ips", "sha256", "path"]
+           "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "onnx_accuracy", "onnx_latency_p50_ms", "onnx_throughput_ips", "sha256", "path"]
 PARETO_AXES = (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)"), ("size_bytes", "file size (bytes)"))
 
 
@@ -25,8 +25,9 @@ def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFra
 
 def markdown(df: pd.DataFrame) -> str:
     shown = df.drop(columns=["sha256", "path"], errors="ignore")
-    for col in ("accuracy", "accuracy_drop"):
-        shown[col] = shown[col].map(lambda v: f"{v:.4f}")
+    for col in ("accuracy", "accuracy_drop", "onnx_accuracy"):
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     for col in ("params_x", "macs_x", "speedup"):
         shown[col] = shown[col].map(lambda v: f"{v:.1f}x")
     for col in ("latency_p50_ms", "latency_p95_ms", "throughput_ips", "onnx_latency_p50_ms", "onnx_throughput_ips"):

@@ -1,39 +1,58 @@
-"""The registered model: an MLflow pyfunc around a shrinkflow model file.
+"""The registered model: an MLflow pyfunc around compression.inference.Predictor.
 
-The file holds tensors and an architecture spec and loads with torch.load(weights_only=True), so a
-registered model never needs unpickling of arbitrary modules. Input: float32 images [N, C, H, W] scaled to
-[0, 1] (the model normalises them itself; grey images are repeated over a colour model's channels); output:
-the predicted class index per image.
+Logged as code (MLflow's models-from-code: this file is the model's code, nothing is pickled). Artifacts:
+the shrinkflow model file (tensors + architecture spec, loaded with torch.load(weights_only=True)) and,
+where the model has one, its ONNX file; the model config names the runtime ("onnxruntime" or "torch") and
+the dataset's labels and names of the classes.
+
+Request: images [N, C, H, W] (or [N, H, W] grey) as uint8/integer 0-255 or float 0-1. Response: one row per
+image with `label` (the dataset's own class id), `name`, `probability` and `probabilities` (by class name).
+Images that do not fit the model get HTTP 400 with one line saying why.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow.pyfunc
 import numpy as np
-import torch
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from compression.checkpoint import load_model, read_model_file
-from compression.data import to_model_input
-from compression.models import input_channels
+from compression.inference import BadImages, Predictor
+
+
+class BadRequest(MlflowException):
+    """HTTP 400 whose message stays one line: MLflow's scoring server rewrites an exception's `message` to
+    start with the whole input array; this keeps the client's answer to what is wrong with it."""
+
+    def __init__(self, line: str) -> None:
+        self._line = line
+        super().__init__(line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, _value: str) -> None:
+        pass
 
 
 class ShrinkflowClassifier(mlflow.pyfunc.PythonModel):
-    def __getstate__(self):
-        # MLflow pickles this object after validating the input example, when the model is already
-        # loaded; the model belongs in the artifacts (weights_only file), never in the pickle.
-        return {}
+    def load_context(self, context) -> None:
+        config = context.model_config or {}
+        self.predictor = Predictor(context.artifacts["checkpoint"], labels=config.get("labels"),
+                                   onnx=context.artifacts.get("onnx"), runtime=config.get("runtime", "torch"),
+                                   threads=int(config.get("threads", 1)))
 
-    def load_context(self, context):
-        path = context.artifacts["checkpoint"]
-        meta = read_model_file(path)["meta"]
-        self.model = load_model(path)
-        self.classes = meta.get("classes", [])
-        self.mean, self.std = meta["mean"], meta["std"]
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        try:
+            return pd.DataFrame(self.predictor.predict(model_input))
+        except BadImages as exc:
+            raise BadRequest(str(exc)) from None
 
-    def logits(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-        with torch.no_grad():
-            return self.model(to_model_input(x, self.mean, self.std, input_channels(self.model)))
 
-    def predict(self, context, model_input, params=None):
-        return self.logits(model_input).argmax(1).numpy()
+set_model(ShrinkflowClassifier())

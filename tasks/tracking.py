@@ -156,7 +156,14 @@ def _find_or_create_experiment(client: MlflowClient, name: str, tracking_uri: st
         experiment = client.get_experiment_by_name(name)  # another process may have made it meanwhile
         if experiment is not None:
             return experiment.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location)
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            # A server store has no lock here: pipelines on several processes or hosts may all try to create
+            # it, and all but one are told it exists.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
 
 
 def flatten(prefix: str, value) -> dict[str, str]:

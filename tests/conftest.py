@@ -27,9 +27,16 @@ def fmnist():
     return train, test
 
 
+# Under pytest-xdist (`make test` runs two workers) each worker, and every process its tests start, gets one
+# core's worth of threads: two workers with two threads each on two cores wait for each other's threads.
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(TORCH_THREADS)
     yield
 
 
@@ -40,6 +47,35 @@ def prefect():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory):
+    """The MLflow store and output directory of the session's shared smoke pipeline."""
+    root = tmp_path_factory.mktemp("smoke")
+    return {"tracking.uri": f"sqlite:///{root / 'mlflow.db'}", "output_dir": str(root / "outputs")}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(prefect, smoke_store):
+    """configs/smoke.yaml run once for the session; several modules read its runs, files and registered model.
+    Warnings and MLflow's log records of the run are kept under "_warnings" (no filter hides them)."""
+    import logging
+    import warnings
+
+    from flows.compress import compress
+
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(f"{record.name}: {record.getMessage()}")
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = compress("configs/smoke.yaml", dict(smoke_store))
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+    return {**result, "_warnings": records + [f"{w.category.__name__}: {w.message}" for w in caught]}
 
 
 def run_concurrent_pipelines(tmp_path: Path, tracking_uri: str, experiment: str, seeds=(0, 1, 2, 3),

@@ -217,7 +217,8 @@ def test_prefect_yaml_deployments():
     spec = yaml.safe_load((PROJECT_ROOT / "deployments" / "prefect.yaml").read_text())
     by_name = {(d["entrypoint"].split(":")[1], d["name"]): d for d in spec["deployments"]}
     assert {("compress", "nightly"), ("compress", "on-demand"), ("pretrain", "on-demand"), ("search", "on-demand"),
-            ("compress", "nightly-docker")} <= set(by_name)
+            ("predict", "on-demand"), ("predict", "nightly"), ("compress", "nightly-docker")} <= set(by_name)
+    assert by_name[("predict", "nightly")]["schedules"][0]["cron"] == "0 4 * * *"
     assert by_name[("compress", "nightly")]["schedules"][0]["cron"] == "0 2 * * *"
     assert "schedules" not in by_name[("compress", "on-demand")]
     assert by_name[("compress", "nightly-docker")]["work_pool"]["name"] == "shrinkflow-docker"
@@ -295,6 +296,6 @@ def test_serve_entry_point_builds_every_deployment():
         sys.path.remove(str(PROJECT_ROOT / "deployments"))
     built = {(d.flow_name, d.name): d for d in serve.deployments()}
     assert set(built) == {("compress", "nightly"), ("compress", "on-demand"), ("pretrain", "on-demand"),
-                          ("search", "on-demand")}
+                          ("search", "on-demand"), ("predict", "on-demand"), ("predict", "nightly")}
     assert built[("compress", "nightly")].schedules[0].schedule.cron == "0 2 * * *"
     assert built[("compress", "on-demand")].parameters["config"] == "configs/quickstart.yaml"

@@ -1,0 +1,175 @@
+"""Model families benchmark (issue #14), on the demo's task (configs/quickstart.yaml: Fashion-MNIST classes 5-9,
+100 labels per class, 400 unlabelled per class for KD): the full pipeline with teachers of three families besides
+ResNet-18, side by side in one run: teacher against final model (the registered one), params, MACs, latency,
+throughput, accuracy drop and KD gain. Goal: for each family, >= 4x fewer MACs at <= 1 point of accuracy drop.
+
+No pretrained weights can be downloaded here and pretraining each family as the demo's ResNet-18 is
+(configs/pretrain.yaml) does not fit the budget on 2 shared cores, so each teacher is trained from scratch on
+the demo's 500 labelled images (FROM_SCRATCH below), with fewer epochs than the demo in every training stage
+(QUICKSTART). The ResNet-18 reference rows are the demo of section 3 (bench/results/compression.json), not re-run.
+
+Everything runs in one Prefect home and one sqlite MLflow store under bench/.work/families.
+`python bench/families.py --report` regenerates docs/benchmarks.md (bench/report.py) from the saved results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import QUICK, RESULTS, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
+
+# Per family: trim settings beyond the demo's one block per stage (none differ).
+FAMILIES = {
+    "mobilenet_v2": {},
+    "regnet_y_400mf": {},
+    "efficientnet_b0": {},
+}
+# Why not the others the issue names, measured here (see the section's text): MobileNetV3's BatchNorm momentum
+# is 0.01, so after a few hundred steps its running statistics are still near their init and eval-mode accuracy
+# is chance (20%, against 67% with batch statistics, after one upstream epoch); the smallest ViT (vit_b_16, 85M
+# params) trains at ~4 images/s and Swin-T at about a third of ResNet-18's speed.
+NOT_RUN = {"mobilenet_v3_large": "BatchNorm momentum 0.01: after one upstream epoch (78 steps) its eval-mode "
+                                 "accuracy was 20% (chance) against 67% with batch statistics",
+           "vit_b_16": "85M parameters: about 4 training images/s on this machine",
+           "swin_t": "about a third of ResNet-18's training speed here"}
+# From scratch, the backbone learns at the full rate from the first epoch.
+FROM_SCRATCH = {"finetune.freeze_epochs": 0, "finetune.backbone_lr_factor": 1.0}
+QUICKSTART = {"finetune.train.epochs": 8, "distill.train.epochs": 3, "prune.train.epochs": 1}  # demo: 12, 5, 2
+TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
+        "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
+        "prune.train.epochs": 1, "prune.iterative_steps": 1, "quantize.calibration_size": 32}
+MACS_GOAL, DROP_GOAL = 4.0, 0.01
+SECTION = "## 8. Model families: the demo with MobileNetV2, RegNet and EfficientNet teachers"
+
+
+def run_family(arch: str, trim: dict, store: dict) -> dict:
+    """The demo's compression with a from-scratch teacher of `arch`, timed."""
+    from flows.compress import compress
+
+    registered_as = f"fmnist-sandals-to-boots-{arch.replace('_', '-')}"
+    overrides = {**FROM_SCRATCH, **QUICKSTART, **trim, **(TINY if QUICK else {}), "source": f"scratch:{arch}",
+                 "name": f"quickstart-{arch}", "register.model_name": registered_as}
+    with Timer() as t:
+        result = compress("configs/quickstart.yaml", {**store, **overrides})
+    return {"arch": arch, "overrides": overrides, "seconds": t.seconds, "table": result["table"],
+            "kd_gain": result["kd_gain"], "registered": result["registered"], "run_id": result["run_id"]}
+
+
+def verdict(run: dict) -> dict:
+    """Teacher and final (registered) rows and whether the final one meets the goal."""
+    rows = {r["candidate"]: r for r in run["table"]}
+    final = rows[run["registered"]["candidate"]] if run.get("registered") else None
+    ok = bool(final) and final["candidate"] != "teacher" and final["macs_x"] >= MACS_GOAL \
+        and final["accuracy_drop"] <= DROP_GOAL + 1e-9
+    return {"teacher": rows["teacher"], "final": final, "goal_met": ok}
+
+
+def main(families: list[str]) -> None:
+    work = use_prefect_env("families")
+    uri = fresh_store(work)
+    store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
+    results = {"machine": machine(), "from_scratch": FROM_SCRATCH, "quickstart": QUICKSTART, "not_run": NOT_RUN,
+               "runs": {}, "command": "python bench/families.py", "tracking_uri": uri}
+    for arch in families:
+        say(f"families: {arch}: the demo's compression, teacher from scratch")
+        try:
+            run = run_family(arch, FAMILIES[arch], store)
+        except Exception as exc:  # noqa: BLE001 - one family failing must not lose the others' results
+            results["runs"][arch] = {"arch": arch, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            say(f"families: {arch} failed: {results['runs'][arch]['error']}")
+        else:
+            results["runs"][arch] = {**run, **verdict(run)}
+            say(f"families: {arch}: {run['seconds'] / 60:.1f} min")
+        save("families", results)  # after each family
+    from bench.report import main as write_report
+
+    write_report()
+
+
+def _table(rows: list[dict]) -> str:
+    from bench.report import table
+
+    shown = [{**r, "drop": 100 * r["accuracy_drop"]} for r in rows]
+    return table(shown, [("family", "teacher", ""), ("candidate", "model", ""), ("accuracy", "test acc", "{:.4f}"),
+                         ("drop", "drop (pt)", "{:+.2f}"), ("params", "params", "{:,}"), ("params_x", "params x", "{:.1f}x"),
+                         ("macs", "MACs", "{:,}"), ("macs_x", "MACs x", "{:.1f}x"), ("latency_p50_ms", "p50 ms (b=1)", "{:.2f}"),
+                         ("throughput_ips", "img/s (b=64)", "{:.0f}"), ("speedup", "throughput x", "{:.1f}x")])
+
+
+def _resnet_reference() -> dict | None:
+    path = RESULTS / "compression.json"
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text())["runs"].get("quickstart")
+    return {**run, **verdict(run)} if run and run.get("registered") else None
+
+
+def _family_lines(arch: str, run: dict) -> list[str]:
+    if "error" in run:
+        return [f"- `{arch}`: the run failed: `{run['error']}`."]
+    final = run["final"]
+    gain = f"{100 * run['kd_gain']:+.2f} pt" if run.get("kd_gain") is not None else "not measured"
+    if not final:
+        return [f"- `{arch}`: nothing registered; goal **missed**. KD gain {gain}."]
+    caveat = (f" The compressed model is more accurate than its teacher ({100 * run['teacher']['accuracy']:.1f}% test "
+              "accuracy): the from-scratch teacher is undertrained, so meeting the drop criterion here says little "
+              "about what compression costs a well-trained teacher." if final["accuracy_drop"] < 0 else "")
+    status = ("met only on paper" if caveat else "met") if run["goal_met"] else "**missed**"
+    return [f"- `{arch}`: registered `{final['candidate']}`: {final['macs_x']:.1f}x fewer MACs at "
+            f"{100 * final['accuracy_drop']:+.2f} pt (goal >= {MACS_GOAL:.0f}x at <= 1 pt: "
+            f"{status}); {final['params_x']:.1f}x fewer params, "
+            f"{final['speedup']:.1f}x throughput; KD gain {gain}. Time: {run['seconds'] / 60:.1f} min.{caveat}"]
+
+
+def section(results: dict) -> list[str]:
+    """The docs/benchmarks.md section for bench/results/families.json."""
+    runs = results["runs"]
+    trims = "; ".join(f"`{a}` " + (", ".join(f"{k}={v}" for k, v in FAMILIES[a].items()) or "keep_per_stage=1")
+                      for a in runs if a in FAMILIES)
+    out = [SECTION, "",
+           f"`python bench/families.py` ({'BENCH_QUICK tiny workloads: not results; ' if results.get('quick') else ''}"
+           f"finished {results.get('finished', '?')}): the demo's task (`configs/quickstart.yaml`, classes 5-9, 100 labels "
+           "per class, 400 unlabelled per class for KD) with teachers of other families, one family after another in "
+           "one process. **The teachers are trained from scratch on the demo's 500 labelled images**, not pretrained: "
+           "no weights can be downloaded here, and pretraining each family on classes 0-4 as the demo's ResNet-18 is "
+           "(`configs/pretrain.yaml`) took 6 minutes for one epoch of one family on this shared machine, beyond the "
+           "budget. Settings beyond the demo's: " + ", ".join(f"`{k}={v}`" for k, v in
+                                                                {**results["from_scratch"], **results["quickstart"]}.items())
+           + " (the demo trains 12, 5 and 2 epochs). Trimming: " + trims + ". The final model is the one the pipeline "
+           "registered (the smallest file within 1 point of its teacher, else the most accurate one); ratios are "
+           "against that family's own teacher; latency and throughput on 1 thread. The ResNet-18 rows are the demo of "
+           "section 3 (pretrained upstream, full epochs, another run), for reference.", "",
+           "Not run: " + "; ".join(f"`{arch}` ({why})" for arch, why in results.get("not_run", {}).items())
+           + ". Their trimmed, pruned and registered pipelines (MobileNetV3, ViT) run at smoke size in "
+           "`tests/test_families_pipeline.py`.", ""]
+    rows = []
+    reference = _resnet_reference()
+    for arch, run in ([("resnet18 (section 3)", reference)] if reference else []) + list(runs.items()):
+        if run.get("final"):
+            rows += [{**run["teacher"], "family": arch}, {**run["final"], "family": ""}]
+    out += [_table(rows), ""] if rows else []
+    for arch, run in runs.items():
+        out += _family_lines(arch, run)
+    if any((run.get("kd_gain") or 0) < 0 for run in runs.values()):
+        out.append("- A negative KD gain: distilling from a teacher less accurate than the student can become on its "
+                   "own teaches the student the teacher's mistakes.")
+    total = sum(run.get("seconds", 0) for run in runs.values())
+    out.append(f"- The whole run: {total / 60:.1f} min for {len(runs)} families (budget: about 45 min).")
+    return out + [""]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the saved results")
+    args = parser.parse_args()
+    if args.report:
+        from bench.report import main as write_report
+
+        write_report()
+    else:
+        main(args.families)

@@ -1,0 +1,123 @@
+"""predict: score images with a registered model, on an MLflow run of its own.
+
+The images are a folder (ImageFolder layout root/<class>/<image>, the folder naming the class by name or
+dataset label id, or flat root/<image>) or the test split of a configured dataset. The predictions
+(file, label, name, probability, and the true label where known) go to a CSV artifact; accuracy is logged
+when labels are known. The model is loaded through MLflow exactly as its scoring server loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from compression.fileio import atomic_write
+from compression.inference import image_files, read_images, true_labels
+from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
+from tasks.data import dataset_labels, get_bundle
+from tasks.preflight import ensure_writable
+from tasks.tracking import check_tracking, default_tracking_uri, make_client, pipeline_run, redact
+
+log = logging.getLogger("shrinkflow")
+BATCH = 512
+
+
+def registered_version(model_uri: str, tracking_uri: str):
+    """The registry version `model_uri` (models:/name@alias or models:/name/version) names; bad input when
+    there is none."""
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    name, _, number = name.partition("/")
+    if not model_uri.startswith("models:/") or not name or not (alias or number.isdigit()):
+        raise ConfigError(f"model {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    client = make_client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        raise ConfigError(f"model {model_uri} not found in the registry at {redact(tracking_uri)}") from None
+
+
+def load_registered(model_uri: str, tracking_uri: str):
+    """The pyfunc model and its registry version."""
+    version = registered_version(model_uri, tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)  # pyfunc.load_model reads the registry from the global setting
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    if not hasattr(loaded.unwrap_python_model(), "predictor"):
+        raise ConfigError(f"model {model_uri} is not a shrinkflow image model")
+    return loaded, version
+
+
+def store_of(cfg: PipelineConfig | None, tracking_uri: str | None) -> str:
+    return tracking_uri or (cfg.tracking.uri if cfg and cfg.tracking.uri else default_tracking_uri())
+
+
+def folder_inputs(folder: str, predictor) -> tuple[list[str], np.ndarray, list[int | None]]:
+    found = image_files(folder)
+    paths = [path for path, _ in found]
+    truth = true_labels([cls for _, cls in found], predictor.labels, predictor.names)
+    log.info("[predict] reading %d images from %s", len(paths), folder)
+    root = Path(folder)
+    return [str(Path(p).relative_to(root)) for p in paths], read_images(paths, predictor.channels, predictor.size), truth
+
+
+def dataset_inputs(cfg: PipelineConfig) -> tuple[list[str], np.ndarray, list[int | None]]:
+    """The test split of the config's data, as uint8 pixels named test/<index>."""
+    test = get_bundle(cfg).test
+    ids = np.asarray(dataset_labels(cfg, test.classes))[test.labels.numpy()]
+    return [f"test/{i}" for i in range(len(test))], test.images.numpy(), ids.tolist()
+
+
+def predictions_table(loaded, files: list[str], pixels: np.ndarray, truth: list[int | None]) -> pd.DataFrame:
+    parts = []
+    for start in range(0, len(pixels), BATCH):
+        parts.append(loaded.predict(pixels[start:start + BATCH]))
+        log.info("[predict] %d/%d images", min(start + BATCH, len(pixels)), len(pixels))
+    table = pd.concat(parts, ignore_index=True)[["label", "name", "probability"]]
+    table.insert(0, "file", files)
+    if any(t is not None for t in truth):
+        table["true_label"] = pd.array(truth, dtype="Int64")
+        table["correct"] = (table["label"] == table["true_label"]).astype("boolean")
+    return table
+
+
+def _accuracy(table: pd.DataFrame) -> float | None:
+    if "correct" not in table:
+        return None
+    known = table["correct"].dropna()
+    return float(known.mean()) if len(known) else None
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_images(model_uri: str, folder: str | None, cfg: PipelineConfig | None, experiment: str,
+                   tracking_uri: str | None, output: str | None) -> dict:
+    tracking_uri = store_of(cfg, tracking_uri)
+    check_tracking(tracking_uri)
+    loaded, version = load_registered(model_uri, tracking_uri)
+    predictor = loaded.unwrap_python_model().predictor
+    files, pixels, truth = folder_inputs(folder, predictor) if folder else dataset_inputs(cfg)
+    out_dir = Path(output).resolve().parent if output else PROJECT_ROOT / "outputs" / "predictions"
+    ensure_writable(out_dir)
+    params = {"model": model_uri, "images": folder or f"test split of {cfg.name}", "runtime": predictor.runtime,
+              "model_version": version.version}
+    with pipeline_run(tracking_uri, experiment, f"predict-{model_uri.removeprefix('models:/')}", params,
+                      {"shrinkflow.kind": "predict", "mlflow.source.name": "flows/predict.py"}) as (ctx, run):
+        started = time.perf_counter()
+        table = predictions_table(loaded, files, pixels, truth)
+        seconds = time.perf_counter() - started
+        out = Path(output).resolve() if output else out_dir / ctx.parent_run_id / "predictions.csv"
+        atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+        run.log_artifact(out)
+        accuracy = _accuracy(table)
+        run.log_metrics({"images": len(table), "seconds": seconds, "images_per_second": len(table) / seconds,
+                         **({"accuracy": accuracy} if accuracy is not None else {})})
+    return {"run_id": ctx.parent_run_id, "tracking_uri": redact(tracking_uri), "csv": str(out), "images": len(table),
+            "accuracy": accuracy, "runtime": predictor.runtime, "model_version": params["model_version"],
+            "counts": table["name"].value_counts().to_dict()}
