@@ -12,6 +12,7 @@ from mlflow.entities import DatasetInput, InputTag
 from compression.data import DataBundle, load_dataset
 from tasks.config import DataConfig, PipelineConfig
 from tasks.stage import stage_task
+from tasks.tracking import insert_safely
 
 
 @lru_cache(maxsize=4)
@@ -61,7 +62,7 @@ def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
     inputs = _dataset_inputs(bundle)
     run.log_metrics({f"{split}_samples": len(getattr(bundle, split)) for split in bundle.digests})
     for run_id in (run.run_id, ctx.parent_run_id):
-        run.client.log_inputs(run_id, inputs)
+        insert_safely(ctx.tracking_uri, run.client.log_inputs, run_id, inputs)
     run.log_dict({"classes": bundle.classes, "digests": bundle.digests, "source": bundle.source,
                   "counts": {s: getattr(bundle, s).class_counts() for s in ("train", "val", "test")},
                   "unlabeled": len(bundle.unlabeled) if bundle.unlabeled is not None else 0}, "data.json")

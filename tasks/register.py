@@ -33,7 +33,7 @@ from tasks.config import PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import SHA_TAG
 from tasks.stage import stage_task
-from tasks.tracking import RunContext
+from tasks.tracking import RunContext, insert_safely
 
 CHECKED_TAG = "shrinkflow.reload_checked"
 RUNTIME_TAG = "shrinkflow.runtime"
@@ -137,7 +137,7 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
     existing = _versions_of(client, name, row["sha256"], runtime)
     if existing and existing[0].tags.get(CHECKED_TAG) == "true":
         for key, value in extra_tags.items():  # e.g. the search that picked this file again
-            client.set_model_version_tag(name, existing[0].version, key, value)
+            insert_safely(ctx.tracking_uri, client.set_model_version_tag, name, existing[0].version, key, value)
         return existing[0]
     spec = read_model_file(row["path"])["spec"]
     images, labels = _test_images(cfg, data, spec["in_channels"])
@@ -149,7 +149,8 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
     version = existing[0]
     _check_reload(client, name, version, served_accuracy(row, runtime), images, labels, run)
     for key, value in {**_lineage(cfg, ctx, data, row, spec, runtime), **extra_tags}.items():
-        client.set_model_version_tag(name, version.version, key, value)
+        # Pipelines that registered the same file at once all tag the version they keep.
+        insert_safely(ctx.tracking_uri, client.set_model_version_tag, name, version.version, key, value)
     return version
 
 

@@ -119,6 +119,19 @@ def make_client(tracking_uri: str) -> MlflowClient:
     return client
 
 
+def insert_safely(tracking_uri: str, call, *args) -> None:
+    """An MLflow write that checks, then inserts (dataset inputs, model version tags): pipelines writing the
+    same row at once collide on its unique key; the row then exists, and a retry updates or links it."""
+    for attempt in range(3):
+        try:
+            with _store_lock(tracking_uri):
+                call(*args)
+            return
+        except MlflowException as exc:
+            if attempt == 2 or not any(m in str(exc) for m in ("UNIQUE constraint", "duplicate key", "ALREADY_EXISTS")):
+                raise
+
+
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
