@@ -5,9 +5,11 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -111,9 +113,20 @@ def _wait_for(condition, timeout: float, what: str, every: float = 1.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _study_ready(db: Path) -> bool:
+    """Whether the search has created its study. Read-only: a reader that opens the database through Optuna
+    while the search is still creating it races it for the schema's first rows."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return bool(con.execute("SELECT count(*) FROM alembic_version").fetchone()[0]
+                        and con.execute("SELECT count(*) FROM studies WHERE study_name = 'search'").fetchone()[0])
+    except sqlite3.Error:
+        return False
+
+
 def _study_trials(tmp_path: Path) -> list:
     studies = list((tmp_path / "outputs" / "search").glob("*/study.db"))
-    if not studies:
+    if not studies or not _study_ready(studies[0]):
         return []
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{studies[0]}")
     return study.get_trials(deepcopy=False)
