@@ -136,67 +136,60 @@ def _reloads_identically(model, path: Path, x) -> int:
     return path.stat().st_size
 
 
-def measure_architecture(arch: str, workdir: Path) -> dict:
-    """Every stage on one architecture; {"cells": {column: text}, "seconds": {column: s}, ...}.
+class Measurement:
+    """One architecture's cells and the seconds each took."""
 
-    After distillation the teacher lives in its file and each stage loads its own copy, so that one model
-    (and what a stage derives from it) is alive at a time: the largest have ~600M weights."""
-    import copy
-    import gc
+    def __init__(self, arch: str, workdir: Path) -> None:
+        self.arch, self.workdir, self.cells, self.seconds = arch, workdir, {}, {}
 
+    def cell(self, stage: str, fn):
+        return _cell(stage, fn, self.cells, self.seconds)
+
+    def result(self, **info) -> dict:
+        return {"arch": self.arch, **info, "cells": self.cells, "seconds": self.seconds}
+
+
+def _build_cells(m: Measurement):
+    """Both builds; the teacher at the smallest input that built, with that (channels, size); None if none did."""
     import torch
 
-    from compression import CompressionError
-    from compression.checkpoint import load_model
-    from compression.distillation import distillation_loss
-    from compression.export import export_onnx, parity, session
-    from compression.measure import count_macs
-    from compression.models import build_model, count_params, example_input, skip_random_init
-    from compression.pruning import prune_structured, prune_unstructured
-    from compression.quantization import quantize
-    from compression.training import cross_entropy
-    from compression.trimming import trim
-
-    torch.manual_seed(0)
-    cells, seconds, info = {}, {}, {"arch": arch}
+    from compression.models import build_model, count_params, skip_random_init
 
     def build(channels, size, random_init=True):
         def run():
             with skip_random_init() if not random_init else contextlib.nullcontext():
-                model = build_model(arch, 10, channels, size).eval()
+                model = build_model(m.arch, 10, channels, size).eval()
             with torch.no_grad():
                 out = model(torch.zeros(2, channels, size, size))
             assert out.shape == (2, 10), f"output shape {tuple(out.shape)}"
             return model, f"{count_params(model) / 1e6:.1f}M params"
         return run
 
-    teacher = _cell("build_28_grey", build(1, 28), cells, seconds)
+    teacher = m.cell("build_28_grey", build(1, 28))
     # Only the shapes matter for the second build: its weights are not drawn (the largest models take minutes).
-    other = _cell("build_64_rgb", build(3, 64, random_init=teacher is None), cells, seconds)
-    channels, size = (1, 28) if teacher is not None else (3, 64)
-    teacher = teacher if teacher is not None else other
-    del other
-    gc.collect()
-    if teacher is None:
-        for column in COLUMNS:
-            cells.setdefault(column, "not run: the model does not build")
-        return {**info, "cells": cells, "seconds": seconds}
-    info.update(params=count_params(teacher), stage_input=f"{size}x{size}x{channels}")
+    other = m.cell("build_64_rgb", build(3, 64, random_init=teacher is None))
+    return (teacher, 1, 28) if teacher is not None else (other, 3, 64)
 
-    batches = _real_batches(channels, size, 3)
-    x = batches[2][0]
-    example = example_input(teacher, size=size)
 
-    def finetune():
-        return None, f"loss {_sgd_steps(teacher, batches[:1], cross_entropy()):.2f}"
-    _cell("finetune", finetune, cells, seconds)
+def _training_cells(m: Measurement, teacher, batches, x) -> None:
+    """finetune, trim and distil on the teacher in memory."""
+    import copy
+
+    import torch
+
+    from compression.distillation import distillation_loss
+    from compression.models import count_params
+    from compression.training import cross_entropy
+    from compression.trimming import trim
+
+    m.cell("finetune", lambda: (None, f"loss {_sgd_steps(teacher, batches[:1], cross_entropy()):.2f}"))
 
     def trimmed():
         student = trim(teacher, 1)
         with torch.no_grad():
             student.eval()(x)
         return student, f"params {count_params(teacher) / count_params(student):.1f}x fewer"
-    student = _cell("trim", trimmed, cells, seconds)
+    student = m.cell("trim", trimmed)
 
     def distil():
         target = student if student is not None else copy.deepcopy(teacher)
@@ -206,10 +199,90 @@ def measure_architecture(arch: str, workdir: Path) -> dict:
             teacher.requires_grad_(True)  # distillation_loss froze it
         what = "into the trimmed student" if student is not None else "into a copy of the teacher: trim refused"
         return None, f"KD loss {loss:.2f}, {what}"
-    _cell("distil", distil, cells, seconds)
-    del student
-    gc.collect()
+    m.cell("distil", distil)
 
+
+def _int8_cells(m: Measurement, float_path: Path, batches, x, example, reference, float_bytes: int) -> None:
+    import gc
+
+    import torch
+
+    from compression.checkpoint import load_model
+    from compression.quantization import quantize
+
+    def int8(mode):
+        def run():
+            calibration = [b for b, _ in batches] if mode == "static" else None
+            quantized = quantize(load_model(float_path), mode, example, calibration, in_place=True)
+            size_bytes = _reloads_identically(quantized, m.workdir / f"{mode}.pt", x)
+            with torch.no_grad():
+                agree = float((quantized(x).argmax(1) == reference.argmax(1)).float().mean())
+            return None, f"top-1 as float on {agree:.0%} of {len(x)} images, file {float_bytes / size_bytes:.1f}x smaller"
+        return run
+    for mode in ("static", "dynamic"):
+        m.cell(f"int8_{mode}", int8(mode))
+        gc.collect()
+
+
+def _export_and_prune_cells(m: Measurement, float_path: Path, x, example, reference) -> None:
+    import gc
+
+    from compression import CompressionError
+    from compression.checkpoint import load_model
+    from compression.export import export_onnx, parity, session
+    from compression.measure import count_macs
+    from compression.pruning import prune_structured, prune_unstructured
+
+    def onnx():
+        model = load_model(float_path)
+        check = parity(model, session(export_onnx(model, x, m.workdir / "model.onnx")), x)
+        scale = max(1.0, float(reference.abs().max()))  # untrained Inception-v3 logits reach ~1e5
+        if check["top1_agreement"] < 1.0 or check["max_abs_diff"] > 1e-4 * scale:
+            raise CompressionError(f"ONNX differs from PyTorch: max abs diff {check['max_abs_diff']:.1e}, "
+                                   f"top-1 agreement {check['top1_agreement']:.0%}")
+        return None, f"max abs diff {check['max_abs_diff']:.0e}, top-1 100%"
+
+    def unstructured():
+        report = prune_unstructured(load_model(float_path), PRUNE_RATIO)
+        return None, f"{report['weight_sparsity']:.0%} of conv/linear weights zero"
+
+    def structured():
+        pruned = load_model(float_path)
+        macs = count_macs(pruned, example)
+        report = prune_structured(pruned, example, PRUNE_RATIO)
+        _reloads_identically(pruned, m.workdir / "pruned.pt", x)
+        return None, f"params {report['param_ratio']:.1f}x, MACs {macs / count_macs(pruned, example):.1f}x fewer"
+
+    for stage, fn in (("onnx", onnx), ("prune_unstructured", unstructured), ("prune_structured", structured)):
+        m.cell(stage, fn)
+        gc.collect()
+
+
+def measure_architecture(arch: str, workdir: Path) -> dict:
+    """Every stage on one architecture; {"cells": {column: text}, "seconds": {column: s}, ...}.
+
+    After distillation the teacher lives in its file and each stage loads its own copy, so that one model
+    (and what a stage derives from it) is alive at a time: the largest have ~600M weights."""
+    import gc
+
+    import torch
+
+    from compression.models import count_params, example_input
+
+    torch.manual_seed(0)
+    m = Measurement(arch, workdir)
+    teacher, channels, size = _build_cells(m)
+    gc.collect()
+    if teacher is None:
+        for column in COLUMNS:
+            m.cells.setdefault(column, "not run: the model does not build")
+        return m.result()
+    info = {"params": count_params(teacher), "stage_input": f"{size}x{size}x{channels}"}
+    batches = _real_batches(channels, size, 3)
+    x = batches[2][0]
+    example = example_input(teacher, size=size)
+    _training_cells(m, teacher, batches, x)
+    gc.collect()
     # From here on the teacher is reloaded from its file for each stage, and only one model is alive at a time.
     float_path = workdir / "float.pt"
     float_bytes = _reloads_identically(teacher, float_path, x)
@@ -217,46 +290,9 @@ def measure_architecture(arch: str, workdir: Path) -> dict:
         reference = teacher(x)
     del teacher
     gc.collect()
-
-    def int8(mode):
-        def run():
-            calibration = [b for b, _ in batches] if mode == "static" else None
-            quantized = quantize(load_model(float_path), mode, example, calibration, in_place=True)
-            size_bytes = _reloads_identically(quantized, workdir / f"{mode}.pt", x)
-            with torch.no_grad():
-                agree = float((quantized(x).argmax(1) == reference.argmax(1)).float().mean())
-            return None, f"top-1 as float on {agree:.0%} of {len(x)} images, file {float_bytes / size_bytes:.1f}x smaller"
-        return run
-    _cell("int8_static", int8("static"), cells, seconds)
-    gc.collect()
-    _cell("int8_dynamic", int8("dynamic"), cells, seconds)
-    gc.collect()
-
-    def onnx():
-        model = load_model(float_path)
-        check = parity(model, session(export_onnx(model, x, workdir / "model.onnx")), x)
-        scale = max(1.0, float(reference.abs().max()))  # untrained Inception-v3 logits reach ~1e5
-        if check["top1_agreement"] < 1.0 or check["max_abs_diff"] > 1e-4 * scale:
-            raise CompressionError(f"ONNX differs from PyTorch: max abs diff {check['max_abs_diff']:.1e}, "
-                                   f"top-1 agreement {check['top1_agreement']:.0%}")
-        return None, f"max abs diff {check['max_abs_diff']:.0e}, top-1 100%"
-    _cell("onnx", onnx, cells, seconds)
-    gc.collect()
-
-    def unstructured():
-        report = prune_unstructured(load_model(float_path), PRUNE_RATIO)
-        return None, f"{report['weight_sparsity']:.0%} of conv/linear weights zero"
-    _cell("prune_unstructured", unstructured, cells, seconds)
-    gc.collect()
-
-    def structured():
-        pruned = load_model(float_path)
-        macs = count_macs(pruned, example)
-        report = prune_structured(pruned, example, PRUNE_RATIO)
-        _reloads_identically(pruned, workdir / "pruned.pt", x)
-        return None, f"params {report['param_ratio']:.1f}x, MACs {macs / count_macs(pruned, example):.1f}x fewer"
-    _cell("prune_structured", structured, cells, seconds)
-    return {**info, "cells": cells, "seconds": seconds}
+    _int8_cells(m, float_path, batches, x, example, reference, float_bytes)
+    _export_and_prune_cells(m, float_path, x, example, reference)
+    return m.result(**info)
 
 
 def worker_main(archs: list[str], workdir: Path) -> None:
@@ -414,7 +450,7 @@ def render_saved(paths: list[Path], out: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", help="architectures to measure (default: every one)")
     parser.add_argument("--quick", action="store_true", help="one small member per family")
@@ -426,6 +462,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", nargs="+", type=Path,
                         help="measure nothing: write the page from saved --json results (a later file's row wins)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    return parser
+
+
+def _streams(archs: list[str], jobs: int) -> list[tuple[list[str], int, int]]:
+    """(architectures, per worker process, memory cap) per stream, in the order they should start: the large
+    models, the small ones, the giants."""
+    others = sorted((a for a in archs if a not in GIANTS), key=lambda a: LARGE.index(a) if a in LARGE else len(LARGE))
+    # Large models each in a fresh process (a process that held one keeps its address space fragmented and the
+    # next build hits the memory cap); the small ones eight to a process (torch is imported once).
+    large = [a for a in others if a in LARGE]
+    small = [a for a in others if a not in LARGE]
+    streams = [(large[i::jobs], 1, LARGE_MEMORY_CAP_BYTES) for i in range(jobs)]
+    streams += [(small[i::jobs], 8, MEMORY_CAP_BYTES) for i in range(jobs)]
+    return streams + [([a for a in archs if a in GIANTS], 1, GIANT_MEMORY_CAP_BYTES)]
+
+
+class _Progress:
+    """Results as they come: a progress line each, the --json file kept current (a run cut short still leaves
+    what it measured), and an event set once every large model is done (the giants wait for it)."""
+
+    def __init__(self, archs: list[str], json_path: Path | None, command: str) -> None:
+        self.total, self.json_path, self.command = len(archs), json_path, command
+        self.done, self.started = [], time.perf_counter()
+        self.large_left = set(LARGE) & set(archs)
+        self.large_done = threading.Event()
+        if not self.large_left:
+            self.large_done.set()
+
+    def save_json(self, results: list[dict]) -> None:
+        if self.json_path:
+            self.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.json_path.write_text(json.dumps({"command": self.command, "seconds": time.perf_counter() - self.started,
+                                                  "results": results}, indent=2) + "\n")
+
+    def report(self, result: dict) -> None:
+        self.done.append(result)
+        self.save_json(self.done)
+        print(f"[{len(self.done)}/{self.total}] {result['arch']}: {result['wall_seconds']:.0f} s  {_summary(result)}",
+              flush=True)
+        self.large_left.discard(result["arch"])
+        if not self.large_left:
+            self.large_done.set()
+
+
+def measure_all(archs: list[str], args, command: str) -> tuple[list[dict], float]:
+    progress = _Progress(archs, args.json, command)
+    # Parallel streams of one torch thread each: most stages (graph tracing, export) are single-threaded Python.
+    threads = 1 if args.jobs > 1 else 2
+
+    def run_stream(stream):
+        part, per_worker, memory_cap = stream
+        if memory_cap == GIANT_MEMORY_CAP_BYTES:  # after the large models: both at once would not fit in memory
+            progress.large_done.wait()
+        return run_workers(part, args.workdir, args.timeout * (2 if per_worker == 1 else 1), per_worker,
+                           progress.report, threads, memory_cap)
+
+    print(f"measuring {len(archs)} architectures", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:  # `jobs` streams at a time, in _streams' order
+        results = [r for part in pool.map(run_stream, _streams(archs, args.jobs)) for r in part]
+    progress.save_json(results)
+    return results, time.perf_counter() - progress.started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args.worker, args.workdir)
@@ -440,57 +541,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in archs if a not in known]
     if unknown:
         parser.error(f"unknown architectures: {', '.join(unknown)}")
-    command = "python bench/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    done, start = [], time.perf_counter()
-
-    def save_json(results: list[dict]) -> None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command.strip(), "seconds": time.perf_counter() - start,
-                                         "results": results}, indent=2) + "\n")
-
-    large_left = set(LARGE) & set(archs)
-    large_done = threading.Event()
-    if not large_left:
-        large_done.set()
-
-    def report(result: dict) -> None:
-        done.append(result)
-        if args.json:  # as it goes: a run cut short still leaves what it measured
-            save_json(done)
-        print(f"[{len(done)}/{len(archs)}] {result['arch']}: {result['wall_seconds']:.0f} s  {_summary(result)}",
-              flush=True)
-        large_left.discard(result["arch"])
-        if not large_left:
-            large_done.set()
-
-    def run_stream(stream):
-        part, per_worker, memory_cap = stream
-        if memory_cap == GIANT_MEMORY_CAP_BYTES:  # after the large models: both at once would not fit in memory
-            large_done.wait()
-        return run_workers(part, args.workdir, args.timeout * (2 if per_worker == 1 else 1), per_worker, report,
-                           threads, memory_cap)
-
-    print(f"measuring {len(archs)} architectures", flush=True)
-    others = sorted((a for a in archs if a not in GIANTS), key=lambda a: LARGE.index(a) if a in LARGE else len(LARGE))
-    giants = [a for a in archs if a in GIANTS]
-    # Parallel streams of one torch thread each: most stages (graph tracing, export) are single-threaded Python.
-    threads = 1 if args.jobs > 1 else 2
-    # Large models each in a fresh process (a process that held one keeps its address space fragmented and the
-    # next build hits the memory cap); the small ones eight to a process (torch is imported once).
-    large = [a for a in others if a in LARGE]
-    small = [a for a in others if a not in LARGE]
-    streams = [(large[i::args.jobs], 1, LARGE_MEMORY_CAP_BYTES) for i in range(args.jobs)]
-    streams += [(small[i::args.jobs], 8, MEMORY_CAP_BYTES) for i in range(args.jobs)]
-    streams.append((giants, 1, GIANT_MEMORY_CAP_BYTES))
-    # `jobs` streams at a time, in this order: the large models, the small ones, the giants.
-    with ThreadPoolExecutor(args.jobs) as pool:
-        parts = pool.map(run_stream, streams)
-        results = [r for part in parts for r in part]
-    total = time.perf_counter() - start
+    command = ("python bench/architectures.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    results, total = measure_all(archs, args, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(results, command.strip(), total))
-    if args.json:
-        save_json(results)
+    args.out.write_text(render(results, command, total))
     print(f"wrote {args.out} ({len(results)} architectures, {total / 60:.1f} min)", flush=True)
     return 0
 
