@@ -122,8 +122,11 @@ def read_model_file(path: str | os.PathLike, expected_sha256: str | None = None)
     if expected_sha256 and file_sha256(path) != expected_sha256:
         raise CompressionError(f"model file {path} does not match its recorded sha256; refusing to load it")
     try:
-        with warnings.catch_warnings():  # int8 tensors are rebuilt through torch's deprecated TypedStorage
+        # int8 tensors are rebuilt through torch's deprecated TypedStorage and quantized-tensor constructors;
+        # that is torch.load's business, not a problem with the file.
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CompressionError(f"cannot read model file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
@@ -134,7 +137,11 @@ def read_model_file(path: str | os.PathLike, expected_sha256: str | None = None)
 
 def load_model(path: str | os.PathLike, expected_sha256: str | None = None) -> nn.Module:
     """Rebuild and load a model written by save_model (trimmed and pruned ones included), in eval mode."""
-    payload = read_model_file(path, expected_sha256)
+    return model_from_payload(read_model_file(path, expected_sha256), str(path))
+
+
+def model_from_payload(payload: dict, source: str) -> nn.Module:
+    """The model of a model file already read (read_model_file), e.g. by a caller that also needs its meta."""
     spec = payload["spec"]
     model = rebuild(spec, random_init=False)
     quantization = spec.get("quantization")
@@ -146,7 +153,7 @@ def load_model(path: str | os.PathLike, expected_sha256: str | None = None) -> n
         set_engine(model)
     else:
         _resize_layers(model, payload["layer_sizes"], payload["state_dict"])
-    load_state(model, payload["state_dict"], str(path))
+    load_state(model, payload["state_dict"], source)
     return model.eval()
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from compression import CompressionError
-from compression.checkpoint import load_model, read_model_file
+from compression.checkpoint import model_from_payload, read_model_file
 from compression.data import to_model_input
+from compression.export import run_onnx, session
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -76,18 +77,15 @@ class Predictor:
         self.channels, self.size = spec["in_channels"], spec["input_size"]
         self.runtime = runtime
         if runtime == "onnxruntime":
-            from compression.export import session
-
             self.session, self.model = session(onnx, threads), None
         else:
-            self.session, self.model = None, load_model(checkpoint)
+            self.session, self.model = None, model_from_payload(payload, str(checkpoint))
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """Logits for [N, C, H, W] images in [0, 1] (see as_images)."""
         x = to_model_input(images, self.mean, self.std, self.channels)
         if self.session is not None:
-            name = self.session.get_inputs()[0].name
-            return self.session.run(None, {name: x.numpy().astype(np.float32)})[0]
+            return run_onnx(self.session, x)
         with torch.no_grad():
             return self.model(x).numpy()
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from compression import CompressionError
+from compression.export import run_onnx
 from compression.fileio import atomic_write
 
 log = logging.getLogger("shrinkflow")
@@ -79,18 +80,10 @@ def quantize_onnx_static(float_path: str | os.PathLike, calibration: Iterable[to
     return Path(out_path)
 
 
-def predict_logits(sess, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    """Logits of an onnxruntime session over model-input batches, concatenated."""
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x.cpu().numpy().astype(np.float32)})[0] for x in batches])
-
-
 def onnx_accuracy(sess, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Top-1 accuracy of an onnxruntime session on (images, labels) batches."""
     correct = total = 0
-    name = sess.get_inputs()[0].name
     for x, y in batches:
-        logits = sess.run(None, {name: x.cpu().numpy().astype(np.float32)})[0]
-        correct += int((logits.argmax(1) == y.cpu().numpy()).sum())
+        correct += int((run_onnx(sess, x).argmax(1) == y.cpu().numpy()).sum())
         total += len(y)
     return correct / max(total, 1)

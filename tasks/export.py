@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from compression.checkpoint import file_sha256
-from compression.export import export_onnx, onnx_latency, parity, session
+from compression.export import export_onnx, onnx_latency, parity, run_onnx, session
 from compression.models import example_input, input_channels
-from compression.onnx_runtime import onnx_accuracy, predict_logits, quantize_onnx_static
+from compression.onnx_runtime import onnx_accuracy, quantize_onnx_static
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
 from tasks.quantize import calibration_batches
@@ -68,7 +68,7 @@ def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dic
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
     with torch.no_grad():
         torch_top1 = model(images).argmax(1).numpy()
-    agreement = float((predict_logits(sess, [images]).argmax(1) == torch_top1).mean())
+    agreement = float((run_onnx(sess, images).argmax(1) == torch_top1).mean())
     ok = drop <= cfg.quantize.max_accuracy_drop + 1e-9
     if not ok:
         log.warning("[export] %s: onnxruntime int8 loses %.2f points on val (limit %.2f): not used",

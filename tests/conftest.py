@@ -49,6 +49,27 @@ def prefect():
         yield
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readme_commands(section_title: str) -> list[str]:
+    """The commands of the first bash block under README's `## <section_title>`, continuation lines joined,
+    comments dropped: what the tests run as printed."""
+    import re
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text[text.index(f"## {section_title}\n"):]
+    start = section.index("```bash") + len("```bash")
+    block = section[start:section.index("```", start)].replace("\\\n", " ")
+    commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+    return [c for c in commands if c]
+
+
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory):
     """The MLflow store and output directory of the session's shared smoke pipeline."""

@@ -4,7 +4,6 @@
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, free_port
 
 BIN = Path(sys.executable).parent
 SPACE = {"trim.keep_per_stage": {"choices": [1, 2, [1, 1, 1, 1, 1]]},  # the last one fails inside its trials
@@ -92,10 +91,6 @@ def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(tmp_
     assert shown.returncode == 0 and "trial-0" in shown.stdout and "FAILED" in shown.stdout, shown.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
@@ -136,7 +131,7 @@ def _study_trials(tmp_path: Path) -> list:
 def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_worker(tmp_path):
     """kill -9 of the search mid-way, then the same command: finished trials are kept; a Dask worker killed
     during a trial of the second run: the trial runs again on the other worker and the search completes."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = _start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                         "--no-dashboard"], tmp_path / "scheduler.log")
@@ -213,7 +208,7 @@ def test_search_bad_input_is_one_line_and_exit_2(name, settings, message, tmp_pa
 def test_unreachable_dask_address_is_one_line_and_exit_2(tmp_path, capsys):
     from cli.main import main
 
-    code = main(["search", "configs/smoke.yaml", "--dask-address", f"tcp://127.0.0.1:{_free_port()}",
+    code = main(["search", "configs/smoke.yaml", "--dask-address", f"tcp://127.0.0.1:{free_port()}",
                  "--set", f"output_dir={tmp_path}", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Dask scheduler tcp://127.0.0.1:" in err[0] and "unreachable" in err[0]

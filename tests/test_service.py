@@ -2,10 +2,8 @@
 deployments of deployments/prefect.yaml, `prefect deployment run --param`, and the MLflow REST API."""
 
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,16 +13,12 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, run_concurrent_pipelines
+from tests.conftest import PROJECT_ROOT, free_port, readme_commands, run_concurrent_pipelines
 
 BIN = Path(sys.executable).parent
 STACK = PROJECT_ROOT / "deployments" / "stack.sh"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -42,7 +36,7 @@ def postgres_url():
     data = Path(tempfile.mkdtemp(prefix="shrinkflow-pg-", dir="/tmp"))
     data.chmod(0o755)
     shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     _as_postgres(f"{PG_BIN}/initdb -D {data}/db -A trust -U postgres", timeout=120)
     _as_postgres(f"{PG_BIN}/pg_ctl -D {data}/db -l {data}/log -w -o '-p {port} -k {data} "
                  f"-c listen_addresses=127.0.0.1' start", timeout=120)
@@ -60,8 +54,8 @@ def stack(tmp_path_factory, request):
     """The stack on PostgreSQL (where Debian's postgresql is installed, as in CI; README's service test covers
     SQLite), started by deployments/stack.sh on free ports, for the checks that need live servers."""
     state = tmp_path_factory.mktemp("stack")
-    env = {**_clean_env(), "STACK_DIR": str(state), "PREFECT_PORT": str(_free_port()),
-           "MLFLOW_PORT": str(_free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {**_clean_env(), "STACK_DIR": str(state), "PREFECT_PORT": str(free_port()),
+           "MLFLOW_PORT": str(free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     if (PG_BIN / "initdb").exists() and os.geteuid() == 0:
         env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
     try:
@@ -82,16 +76,6 @@ def _clean_env() -> dict:
     for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DATABASE_URL"):
         env.pop(key, None)
     return env
-
-
-def readme_service_commands() -> list[str]:
-    """The commands of README's "Run as a service" block, continuation lines joined, comments dropped."""
-    text = (PROJECT_ROOT / "README.md").read_text()
-    section = text[text.index("## Run as a service"):]
-    start = section.index("```bash") + len("```bash")
-    block = section[start:section.index("```", start)].replace("\\\n", " ")
-    commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
-    return [c for c in commands if c]
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +142,10 @@ def _check_bad_parameter_fails_in_one_line(env: dict) -> None:
 def test_readme_service_section_in_order_after_a_local_run(local_run, tmp_path):
     """README's commands as printed, in order (the foreground worker in a second process, as in another
     shell), on free ports and a state directory of this test's own."""
-    commands = readme_service_commands()
+    commands = readme_commands("Run as a service")
     assert commands[0] == "make server" and commands[-1] == "make server-stop" and "make worker" in commands
-    env = {**_clean_env(), "STACK_DIR": str(tmp_path / "stack"), "PREFECT_PORT": str(_free_port()),
-           "MLFLOW_PORT": str(_free_port()), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {**_clean_env(), "STACK_DIR": str(tmp_path / "stack"), "PREFECT_PORT": str(free_port()),
+           "MLFLOW_PORT": str(free_port()), "PREFECT_WORKER_QUERY_SECONDS": "2"}
     worker_at = commands.index("make worker")
     worker = None
     try:

@@ -5,7 +5,6 @@ against torch, and the predict flow on a folder of real Fashion-MNIST images."""
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 from compression import CompressionError
 from compression.data import load_dataset
 from compression.inference import BadImages, as_images, image_files, read_images, true_labels
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, free_port, readme_commands
 
 BIN = PROJECT_ROOT / ".venv" / "bin"
 # The session's smoke pipeline is shared with tests/test_pipeline.py: one xdist worker runs both.
@@ -86,38 +85,26 @@ def test_read_images_converts_and_resizes(tmp_path, fmnist):
 
 # ---------------------------------------------------------------- slow: the smoke champion
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _smoke_test_split():
     bundle = load_dataset(classes=list(SMOKE_CLASSES), train_per_class=40, val_per_class=20, test_per_class=40,
                           seed=0, download=False)
     return bundle.test.images.numpy(), np.array(list(SMOKE_CLASSES))[bundle.test.labels.numpy()]
 
 
-def _readme_block(title: str) -> str:
-    text = (PROJECT_ROOT / "README.md").read_text()
-    section = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-
-
 def _readme_serve_commands(model_uri: str, tracking_uri: str, port: int) -> tuple[str, str]:
     """README's serve and curl lines, on the test's store, model and port (everything else as printed)."""
-    lines = [line.split("  #")[0].strip() for line in _readme_block("Serve the model").splitlines()]
+    lines = readme_commands("Serve the model")
     serve = next(line for line in lines if "mlflow models serve" in line)
     curl = next(line for line in lines if line.startswith("curl"))
     serve = (serve.replace("models:/fmnist-sandals-to-boots@champion", model_uri)
-             .replace("sqlite:///mlflow.db", tracking_uri).replace("5001", str(port)).removesuffix("&").strip())
+             .replace("sqlite:///mlflow.db", tracking_uri).replace("5001", str(port)))
     return serve, curl.replace("5001", str(port))
 
 
 @pytest.fixture(scope="module")
 def served(smoke_run, smoke_store, tmp_path_factory):
     """The smoke champion (onnxruntime, int8) behind `mlflow models serve`, started as README says."""
-    port = _free_port()
+    port = free_port()
     uri = f"models:/smoke-model/{smoke_run['registered']['version']}"
     serve, curl = _readme_serve_commands(uri, smoke_store["tracking.uri"], port)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
