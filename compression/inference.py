@@ -42,10 +42,14 @@ def as_images(array, channels: int, size: int) -> torch.Tensor:
     if images.shape[1] not in (1, channels) or tuple(images.shape[2:]) != (size, size):
         raise BadImages(f"images must be [N, {channels}, {size}, {size}]"
                         f"{' or [N, 1, ...] grey' if channels != 1 else ''}, got shape {list(images.shape)}")
-    scale = 255.0 if np.issubdtype(images.dtype, np.integer) else 1.0
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) / scale
+    integers = np.issubdtype(images.dtype, np.integer)
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) / (255.0 if integers else 1.0)
     if not torch.isfinite(x).all():
         raise BadImages("images contain NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1 + 1e-6:  # e.g. 0-255 pixels sent as floats: every answer would be wrong
+        raise BadImages(f"pixel values must be 0-255 integers or 0-1 floats, got {low * (255 if integers else 1):g}"
+                        f" to {high * (255 if integers else 1):g} as {'integers' if integers else 'floats'}")
     return x
 
 

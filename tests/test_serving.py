@@ -46,6 +46,8 @@ def test_uint8_pixels_and_float_images_mean_the_same():
     (np.array([["a", "b"]]), "must be numbers"),
     (np.full((1, 1, 28, 28), np.nan, np.float32), "NaN or infinite"),
     ([[1, 2], [3]], "numeric array"),
+    (np.full((1, 1, 28, 28), 200.0, np.float32), "0-1 floats, got 200 to 200 as floats"),
+    (np.full((1, 1, 28, 28), 300, np.int64), "0-255 integers or 0-1 floats, got 300 to 300 as integers"),
 ])
 def test_images_that_do_not_fit_get_one_line(images, message):
     with pytest.raises(BadImages) as err:
