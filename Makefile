@@ -24,7 +24,8 @@ data:
 demo: $(STAMP) data
 	$(BIN)/shrinkflow demo
 
-# Two workers (pytest-xdist); the modules that share the session's smoke pipeline stay on one.
+# Two pytest-xdist workers (a third on two cores measured no faster: the waits it would fill cost as much in
+# contention). Tests of one xdist_group (the session's smoke pipeline; the service stack) stay on one worker.
 test: $(STAMP) data
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 

@@ -192,7 +192,8 @@ def section_search(r: dict) -> list[str]:
     if best_s is not None and best_g is not None:
         gap = 100 * (best_s - best_g)
         share = s["trial_seconds"] / g["trial_seconds"]
-        out.append(f"- (a) the search's best feasible val accuracy against the grid's: {gap:+.2f} points (goal: at "
+        out.append(f"- (a) the search ({s['completed']} trials) against the grid ({g['completed']} points): best feasible "
+                   f"val accuracy {gap:+.2f} points (goal: at "
                    f"most 0.3 below; {goal(gap >= -0.3)}), in {share:.2f}x the grid's trial-seconds (goal: at most "
                    f"0.5x; {goal(share <= 0.5)}).")
     else:

@@ -339,8 +339,25 @@ def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
         return 1
 
 
+def _config_error(args) -> str | None:
+    """A config file or --set value that cannot be used, found before torch, MLflow and Prefect are imported:
+    the commonest mistake is answered in a fraction of a second instead of several."""
+    from tasks.config import ConfigError, load_config, parse_set_options
+
+    if getattr(args, "config", None) is None or not hasattr(args, "set"):
+        return None
+    try:
+        load_config(args.config, parse_set_options(args.set or []))
+    except ConfigError as exc:
+        return first_line(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if (problem := _config_error(args)) is not None:
+        print(f"shrinkflow: error: {problem}", file=sys.stderr)
+        return 2
     _environment_defaults(args.verbose)
     from cli.console import new_log_file, redirected_stderr, routed_logging
 

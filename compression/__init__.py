@@ -6,6 +6,7 @@ Modules:
 - `models`: torchvision classifiers adapted to channels, input size and classes; the `shrinkflow_spec`
   helpers (`model_spec`, `example_input`, `quantization_info`, ...) and `count_params`.
 - `training`: the one train/evaluate engine (`fit`, `train_one_epoch`), seeded and resumable.
+- `train_config`: the training settings every stage shares (no torch import: configs validate without it).
 - `transfer`: head-first fine-tuning of a pretrained model.
 - `distillation`: knowledge distillation loss (Hinton et al., 2015).
 - `trimming`: depth trimming, dropping whole residual blocks.

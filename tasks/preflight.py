@@ -11,8 +11,9 @@ from pathlib import Path
 
 from compression import CompressionError
 from compression.models import check_stages, list_architectures
+from compression.quantization import supported_backends
 from compression.trimming import check_trimmable_arch
-from tasks.config import PipelineConfig
+from tasks.config import ConfigError, PipelineConfig
 from tasks.tracking import check_tracking, default_tracking_uri
 
 
@@ -34,6 +35,9 @@ def preflight(cfg: PipelineConfig) -> str:
         check_stages(arch, stages)
         if "trim" in stages and arch in list_architectures():
             check_trimmable_arch(arch)
+    if cfg.quantize.enabled and cfg.quantize.backend not in supported_backends():
+        raise ConfigError(f"quantize.backend: backend {cfg.quantize.backend!r} is not supported by this torch "
+                          f"build; use one of {', '.join(supported_backends())}")
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
     ensure_writable(cfg.resolve(cfg.output_dir))

@@ -12,8 +12,18 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_STATE / 'mlflow-default.db'}")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
+# Under pytest-xdist (`make test` runs two workers) each worker, and every process its tests start, gets one
+# thread: workers with two threads each on two cores wait for each other's threads. Set before torch is
+# imported, and for the whole worker: session fixtures (the smoke pipeline) run before any test's fixtures,
+# and a run reproduced later must see the same thread count as the run it reproduces.
+TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(TORCH_THREADS)
 
 from compression.data import load_fashion_mnist  # noqa: E402
 from tasks.config import PROJECT_ROOT  # noqa: E402,F401 - the tests import it from here
@@ -27,11 +37,15 @@ def fmnist():
     return train, test
 
 
-# Under pytest-xdist (`make test` runs two workers) each worker, and every process its tests start, gets one
-# core's worth of threads: two workers with two threads each on two cores wait for each other's threads.
-TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# pytest-xdist hands out work in collection order (after the groups, the largest first): the modules with
+# minute-long tests go first, so that neither worker is left running one of them while the other idles.
+LONGEST_FIRST = ("test_service.py", "test_search.py", "test_concurrency.py", "test_reliability.py",
+                 "test_families_pipeline.py", "test_families.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: number for number, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module stays in file order
 
 
 @pytest.fixture(autouse=True)
@@ -42,11 +56,14 @@ def _torch_threads():
 
 @pytest.fixture(scope="session")
 def prefect():
-    """One Prefect test server for the whole session (it takes 10-20 s to start)."""
+    """One Prefect test server for the whole session (it takes 10-20 s to start); yields its API URL, which
+    tests also give the pipelines they start as processes (each would otherwise start a server of its own:
+    README's local run and the kill -9 search still do, as users' local runs do)."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
-        yield
+        yield PREFECT_API_URL.value()
 
 
 def free_port() -> int:

@@ -27,3 +27,12 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     proc = shrinkflow("compare", "--tracking-uri", "http://127.0.0.1:9/")
     assert proc.returncode == 2
     assert "MLflow tracking server http://127.0.0.1:9/ is unreachable" in proc.stderr
+
+
+def test_a_config_mistake_is_answered_before_torch_mlflow_or_prefect_are_loaded():
+    probe = ("import sys\nfrom cli.main import main\n"
+             "code = main(['run', 'configs/smoke.yaml', '--set', 'prune.ratio=1.5'])\n"
+             "print(code, sorted(m for m in ('torch', 'mlflow', 'prefect') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "shrinkflow: error: configs/smoke.yaml: prune.ratio: Input should be less than 1"

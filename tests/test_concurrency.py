@@ -8,9 +8,9 @@ from tests.conftest import run_concurrent_pipelines
 pytestmark = pytest.mark.slow
 
 
-def test_concurrent_pipelines_into_one_sqlite_store_register_each_model_file_once(tmp_path):
+def test_concurrent_pipelines_into_one_sqlite_store_register_each_model_file_once(prefect, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_concurrent_pipelines(tmp_path, uri, "concurrent", seeds=(0, 0, 1, 1))
+    run_concurrent_pipelines(tmp_path, uri, "concurrent", seeds=(0, 0, 1, 1), prefect_api_url=prefect)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("concurrent")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)

@@ -23,10 +23,9 @@ def _command(tmp_path: Path, uri: str) -> list[str]:
             "--set", "quantize.enabled=false", "--set", "export.onnx=false"]
 
 
-def test_kill_9_during_distillation_then_resume(tmp_path):
+def test_kill_9_during_distillation_then_resume(prefect, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": prefect}
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(_command(tmp_path, uri), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
@@ -41,7 +40,7 @@ def test_kill_9_during_distillation_then_resume(tmp_path):
             time.sleep(0.2)
         assert checkpoint is not None, (tmp_path / "first.log").read_text()[-3000:]
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the CLI and the Prefect server it started
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("crash")

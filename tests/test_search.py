@@ -37,10 +37,9 @@ def _search_command(tmp_path: Path, trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli", "search", "configs/smoke.yaml", *_settings(tmp_path, trials), *extra]
 
 
-def _env(tmp_path: Path) -> dict:
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}
-    env.pop("PREFECT_API_URL", None)
-    return env
+def _env(tmp_path: Path, prefect_api_url: str) -> dict:
+    return {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1",
+            "PREFECT_API_URL": prefect_api_url}
 
 
 def _runs(tmp_path: Path) -> tuple[MlflowClient, list]:
@@ -60,8 +59,8 @@ def _budget(runs) -> float:
 
 
 @pytest.mark.slow
-def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(tmp_path):
-    done = subprocess.run(_search_command(tmp_path, 5), cwd=PROJECT_ROOT, env=_env(tmp_path), capture_output=True,
+def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(prefect, tmp_path):
+    done = subprocess.run(_search_command(tmp_path, 5), cwd=PROJECT_ROOT, env=_env(tmp_path, prefect), capture_output=True,
                           text=True, timeout=1500)
     assert done.returncode == 0, done.stderr + done.stdout[-4000:]
     client, runs = _runs(tmp_path)

@@ -213,6 +213,7 @@ def test_prefect_yaml_deployments():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("stack")  # one worker starts the stack for both
 def test_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged(stack, tmp_path):
     """Three pipelines at once on the stack's Prefect and MLflow servers, with a password in the tracking URI
     and an S3 secret in the environment: all finish, and neither secret reaches params, tags or artifacts."""
@@ -248,6 +249,7 @@ def _everything_logged(client, runs, model_name: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("stack")  # one worker starts the stack for both
 def test_mlflow_ui_shows_the_runs_in_headless_chromium(stack, tmp_path):
     """Runs after the concurrency test on the same stack: the UI opens the experiment as model training and
     lists the pipeline runs with their dataset."""
