@@ -45,8 +45,9 @@ def fresh_store(work: Path) -> str:
     """Forget a benchmark's earlier outputs, MLflow store and Prefect home; the store's tracking URI."""
     import shutil
 
-    for stale in ("outputs", "mlflow.db", "mlruns", "prefect"):
-        target = work / stale
+    # Every outputs* directory: a benchmark that compares runs in outputs of their own (bench/search.py's
+    # 1 against 2 workers) must not find the epoch checkpoints of its previous run there and resume from them.
+    for target in [*work.glob("outputs*"), *(work / stale for stale in ("mlflow.db", "mlruns", "prefect"))]:
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     return f"sqlite:///{work / 'mlflow.db'}"
 

@@ -21,15 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
 
-# Depth x KD temperature x int8: 2 x 3 x 2 = 12 grid points. (a) gives the search 5 trials, fewer than half
-# the grid's points: trials differ in cost (two blocks per stage train longer than one, int8 adds calibration),
-# and the goal is half the grid's trial-seconds, whichever settings the sampler picks. (c) times 6 trials, three
-# rounds of two, so that the 2-worker run ends on a full round.
+# Depth x KD temperature x int8: 2 x 3 x 2 = 12 grid points; the search gets half as many trials.
 SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0},
          "quantize.enabled": {"choices": [True, False]}}
 GRID_POINTS = 3
-SEARCH_TRIALS = 5
-SCALING_TRIALS = 6
+SEARCH_TRIALS = 6
 TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
         "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
         "prune.train.epochs": 1, "prune.iterative_steps": 1, "quantize.calibration_size": 32}
@@ -79,9 +75,9 @@ def main() -> None:
                      "search.parallel": 2, "search.top_k": 0, "register.enabled": False},
             # (c): the same search (seed 1) on 1 and on 2 workers, each in outputs of its own so that no trial
             # comes from the cache; only the trial phase is timed.
-            "search_1_worker": {"search.trials": SCALING_TRIALS, "search.parallel": 1, "search.seed": 1,
+            "search_1_worker": {"search.trials": SEARCH_TRIALS, "search.parallel": 1, "search.seed": 1,
                                 "search.top_k": 0, "register.enabled": False, "output_dir": str(work / "outputs-1w")},
-            "search_2_workers": {"search.trials": SCALING_TRIALS, "search.parallel": 2, "search.seed": 1,
+            "search_2_workers": {"search.trials": SEARCH_TRIALS, "search.parallel": 2, "search.seed": 1,
                                  "search.top_k": 0, "register.enabled": False, "output_dir": str(work / "outputs-2w")}}
     for name, overrides in runs.items():
         say(f"search: {name}")
