@@ -87,7 +87,7 @@ def cmd_predict(args) -> int:
     from flows.predict import predict
     from tasks.config import load_config, parse_set_options
 
-    from tasks.predict import registered_version, store_of
+    from tasks.predict import output_dir, registered_version, store_of
     from tasks.tracking import check_tracking
 
     # Bad input fails here, before Prefect starts: the config, the image folder, the store, the model.
@@ -95,6 +95,7 @@ def cmd_predict(args) -> int:
     cfg = load_config(args.config, overrides) if args.config else None
     if args.images and not Path(args.images).is_dir():
         raise NotFoundError(f"image folder {args.images} does not exist")
+    output_dir(args.output)
     store = store_of(cfg, args.tracking_uri)
     check_tracking(store)
     registered_version(args.model, store)

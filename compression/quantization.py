@@ -46,6 +46,10 @@ def _quiet_deprecation():
 def check_settings(mode: str, backend: str) -> None:
     if mode not in MODES:
         raise CompressionError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
+    check_backend(backend)
+
+
+def check_backend(backend: str) -> None:
     if backend not in supported_backends():
         raise CompressionError(f"quantization backend {backend!r} is not supported by this torch build; "
                                f"available: {', '.join(supported_backends())}")

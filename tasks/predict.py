@@ -20,10 +20,12 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from compression import CompressionError
 from compression.fileio import atomic_write
-from compression.inference import image_files, read_images, true_labels
+from compression.inference import as_images, image_files, read_images, true_labels
 from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
 from tasks.data import dataset_labels, get_bundle
+from tasks.fetch import registry_version
 from tasks.preflight import ensure_writable
 from tasks.tracking import check_tracking, default_tracking_uri, make_client, pipeline_run, redact
 
@@ -34,25 +36,34 @@ BATCH = 512
 def registered_version(model_uri: str, tracking_uri: str):
     """The registry version `model_uri` (models:/name@alias or models:/name/version) names; bad input when
     there is none."""
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    name, _, number = name.partition("/")
-    if not model_uri.startswith("models:/") or not name or not (alias or number.isdigit()):
-        raise ConfigError(f"model {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    client = make_client(tracking_uri)
     try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    except MlflowException:
-        raise ConfigError(f"model {model_uri} not found in the registry at {redact(tracking_uri)}") from None
+        return registry_version(make_client(tracking_uri), model_uri)
+    except CompressionError as exc:
+        raise ConfigError(f"model {model_uri} not found in the registry at {redact(tracking_uri)}: {exc}") from None
 
 
 def load_registered(model_uri: str, tracking_uri: str):
-    """The pyfunc model and its registry version."""
+    """The pyfunc model and its registry version. The version is resolved once and loaded by number, so the
+    version logged is the one that scores even if an alias moves meanwhile."""
     version = registered_version(model_uri, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)  # pyfunc.load_model reads the registry from the global setting
-    loaded = mlflow.pyfunc.load_model(model_uri)
-    if not hasattr(loaded.unwrap_python_model(), "predictor"):
+    loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    try:
+        python_model = loaded.unwrap_python_model()
+    except MlflowException:  # another flavour (sklearn, ...): no python model to unwrap
+        python_model = None
+    if not hasattr(python_model, "predictor"):
         raise ConfigError(f"model {model_uri} is not a shrinkflow image model")
     return loaded, version
+
+
+def output_dir(output: str | None) -> Path:
+    """Where the predictions CSV goes, checked writable; bad input when `output` names a directory."""
+    if output and Path(output).is_dir():
+        raise ConfigError(f"output {output} is a directory; give the path of the CSV file to write")
+    directory = Path(output).resolve().parent if output else PROJECT_ROOT / "outputs" / "predictions"
+    ensure_writable(directory)
+    return directory
 
 
 def store_of(cfg: PipelineConfig | None, tracking_uri: str | None) -> str:
@@ -103,8 +114,8 @@ def predict_images(model_uri: str, folder: str | None, cfg: PipelineConfig | Non
     loaded, version = load_registered(model_uri, tracking_uri)
     predictor = loaded.unwrap_python_model().predictor
     files, pixels, truth = folder_inputs(folder, predictor) if folder else dataset_inputs(cfg)
-    out_dir = Path(output).resolve().parent if output else PROJECT_ROOT / "outputs" / "predictions"
-    ensure_writable(out_dir)
+    as_images(pixels[:1], predictor.channels, predictor.size)  # a config's images the model cannot take: bad input
+    out_dir = output_dir(output)
     params = {"model": model_uri, "images": folder or f"test split of {cfg.name}", "runtime": predictor.runtime,
               "model_version": version.version}
     with pipeline_run(tracking_uri, experiment, f"predict-{model_uri.removeprefix('models:/')}", params,

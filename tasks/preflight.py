@@ -11,7 +11,7 @@ from pathlib import Path
 
 from compression import CompressionError
 from compression.models import check_stages, list_architectures
-from compression.quantization import supported_backends
+from compression.quantization import check_backend as check_quantize_backend
 from compression.trimming import check_trimmable_arch
 from tasks.config import ConfigError, PipelineConfig
 from tasks.tracking import check_tracking, default_tracking_uri
@@ -35,9 +35,11 @@ def preflight(cfg: PipelineConfig) -> str:
         check_stages(arch, stages)
         if "trim" in stages and arch in list_architectures():
             check_trimmable_arch(arch)
-    if cfg.quantize.enabled and cfg.quantize.backend not in supported_backends():
-        raise ConfigError(f"quantize.backend: backend {cfg.quantize.backend!r} is not supported by this torch "
-                          f"build; use one of {', '.join(supported_backends())}")
+    if cfg.quantize.enabled:
+        try:
+            check_quantize_backend(cfg.quantize.backend)
+        except CompressionError as exc:
+            raise ConfigError(f"quantize.backend: {exc}") from None
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
     ensure_writable(cfg.resolve(cfg.output_dir))

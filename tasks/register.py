@@ -84,10 +84,10 @@ def pyfunc_arguments(checkpoint: str, onnx: str | None, runtime: str, labels: li
                 pip_requirements=["torch", "torchvision", "numpy", "pandas"] + (["onnxruntime"] if onnx else []))
 
 
-def _create_version(cfg: PipelineConfig, ctx: RunContext, run, row: dict, runtime: str, example: np.ndarray):
+def _create_version(cfg: PipelineConfig, ctx: RunContext, run, row: dict, runtime: str, example: np.ndarray,
+                    classes: list[int]):
     """Log the pyfunc model as a model of the pipeline run (the MLflow UI lists it there) and create a
     version tagged with the file's sha256 and the runtime."""
-    classes = read_model_file(row["path"])["meta"].get("classes", [])
     arguments = pyfunc_arguments(row["path"], row["onnx_path"] if runtime == "onnxruntime" else None, runtime,
                                  dataset_labels(cfg, classes), cfg.evaluate.threads, example)
     logged = run.client.create_logged_model(ctx.experiment_id, name="model", source_run_id=ctx.parent_run_id,
@@ -139,10 +139,11 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
         for key, value in extra_tags.items():  # e.g. the search that picked this file again
             insert_safely(ctx.tracking_uri, client.set_model_version_tag, name, existing[0].version, key, value)
         return existing[0]
-    spec = read_model_file(row["path"])["spec"]
+    payload = read_model_file(row["path"])
+    spec = payload["spec"]
     images, labels = _test_images(cfg, data, spec["in_channels"])
     if not existing:
-        created = _create_version(cfg, ctx, run, row, runtime, images[:1])
+        created = _create_version(cfg, ctx, run, row, runtime, images[:1], payload["meta"].get("classes", []))
         existing = _versions_of(client, name, row["sha256"], runtime)
         for later in (v for v in existing[1:] if v.version == created.version):
             client.delete_model_version(name, later.version)  # an earlier version of this file won

@@ -249,6 +249,7 @@ def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store
     (["models:/no-such-model@champion", "--config", "configs/smoke.yaml"], "not found"),
     (["models:/smoke-model/1", "--images", "no/such/folder"], "does not exist"),
     (["models:/smoke-model/1"], "one of the arguments --images --config is required"),
+    (["models:/smoke-model/1", "--images", "docs/examples", "--output", "docs"], "output docs is a directory"),
 ])
 def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message):
     env = {**os.environ, "MLFLOW_TRACKING_URI": smoke_store["tracking.uri"]}
