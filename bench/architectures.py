@@ -17,6 +17,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import resource
 import select
 import shutil
@@ -377,7 +378,8 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(results: list[dict], command: str, total_seconds: float) -> str:
+def render(results: list[dict], command: str, total_seconds: float, measured: float | None = None) -> str:
+    """The page; `measured`: when the results were taken (epoch seconds; default now)."""
     import platform
 
     import torch
@@ -403,7 +405,7 @@ def render(results: list[dict], command: str, total_seconds: float) -> str:
         f"time ({f'{total_seconds / 60:.0f} min wall clock, ' if total_seconds else ''}parallel streams) on "
         f"{os.cpu_count()} shared CPU cores; "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch-pruning {torch_pruning.__version__}, "
-        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(measured))}.",
         "- Stages run at the smallest input the family allows (column *stage input*: 28x28 grey, Fashion-MNIST's "
         "own size, when the model builds there), on real Fashion-MNIST test images, 10 classes.",
         "- *finetune*: one SGD step on 8 images, loss finite. *trim*: `trim(model, 1)`. *distil*: one KD step from the "
@@ -443,9 +445,11 @@ def render_saved(paths: list[Path], out: Path) -> int:
         if isinstance(saved, list):  # the first format: results only
             saved = {"results": saved, "command": f"python bench/architectures.py ... --json {path.name}"}
         rows.update({r["arch"]: r for r in saved["results"]})
-        commands.append(saved["command"])
+        # Where that run wrote its own page does not matter here (it may have been a temporary file).
+        commands.append(re.sub(r" --out \S+", "", saved["command"]))
         wall += saved.get("seconds") or 0.0
-    out.write_text(render(list(rows.values()), "`, `".join(commands), wall or None))
+    measured = max(path.stat().st_mtime for path in paths)  # the last of the runs saved its results then
+    out.write_text(render(list(rows.values()), "`, `".join(commands), wall or None, measured))
     print(f"wrote {out} ({len(rows)} architectures from {len(paths)} runs)", flush=True)
     return 0
 

@@ -179,7 +179,9 @@ def section_search(r: dict) -> list[str]:
            f"fine-tuned teacher ({plan['limit']:,.0f} of {plan['teacher']['macs']:,.0f}) and at most 1 point of val "
            f"accuracy lost (teacher val accuracy {plan['teacher']['val_accuracy']:.4f}); space: "
            + ", ".join(f"`{k}` {v}" for k, v in r["space"].items()) + f"; grid: {r['grid_points']} values per range. "
-           "Trials at the search's fidelity (`trial_epochs`), scored on val accuracy.", ""]
+           + ("int8 is not a knob: every trial's pruned model is quantized (static) and the int8 model is kept "
+              "when it loses at most 1 point against its float model. " if r.get("int8_every_trial") else "")
+           + "Trials at the search's fidelity (`trial_epochs`), scored on val accuracy.", ""]
     best_s, best_g = s["best_feasible_val_accuracy"], g["best_feasible_val_accuracy"]
     rows = [{"what": name, "trials": run["completed"], "best": run["best_feasible_val_accuracy"],
              "trial_s": run["trial_seconds"], "phase_s": run["phase_seconds"],

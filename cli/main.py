@@ -71,12 +71,14 @@ def cmd_search(args) -> int:
     from flows.search import search
     from tasks.config import load_config, parse_set_options
     from tasks.preflight import check_dask, preflight
+    from tasks.search import check_constructible
 
     overrides = parse_set_options(args.set or [])
     if args.dask_address:
         overrides["search.dask_address"] = args.dask_address
     cfg = load_config(args.config, overrides)
     preflight(cfg)
+    check_constructible(cfg)
     check_dask(cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS"))
     result = search(config=args.config, overrides=overrides)
     _print_search(result)

@@ -66,6 +66,22 @@ def _check_metric(metric: str, structural: bool = False) -> None:
                                f"from its structure; structural metrics: {', '.join(STRUCTURAL_METRICS)}")
 
 
+def construction_refusal(metric: str, *, prune_enabled: bool, prune_method: str, global_pruning: bool,
+                         student: str | None) -> str | None:
+    """Why a `metric` budget cannot be met by construction with these stage settings, or None: only the
+    (trimmed) teacher pruned structurally, layer by layer, has a size that the prune ratio sets."""
+    if metric not in STRUCTURAL_METRICS:
+        return None
+    refused = {"prune.global_pruning: true": global_pruning,
+               f"prune.method: {prune_method}": prune_method != "structured" or not prune_enabled,
+               f"distill.student: {student}": student is not None}
+    for setting, bad in refused.items():
+        if bad:
+            return (f"{setting}: a {metric} budget is met by construction only by the trimmed teacher pruned "
+                    "structurally with local pruning; use a latency_ms budget or change the setting")
+    return None
+
+
 def _number(text: str, original: str) -> float:
     try:
         return float(text)

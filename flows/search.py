@@ -31,7 +31,7 @@ from tasks.finetune import finetune
 from tasks.preflight import check_dask
 from tasks.prune import prune
 from tasks.quantize import quantize
-from tasks.search import (failed_outcome, finished, measure_trial, plan_search, record, sampled_space,
+from tasks.search import (check_constructible, failed_outcome, finished, measure_trial, plan_search, record, sampled_space,
                           search_report, study_session, target_trials, trial_config, trial_overrides, trial_run)
 from tasks.tracking import fail_orphaned_runs
 from tasks.trim import trim
@@ -154,6 +154,7 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
 
 
 def run_search(cfg: PipelineConfig) -> dict:
+    check_constructible(cfg)  # a deployment run's settings: refused before any MLflow run
     with tracked_pipeline(cfg, "search") as run:
         data = run(load_data)
         teacher = run(fetch_pretrained, data=data)

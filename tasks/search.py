@@ -36,7 +36,16 @@ from tasks.training import load
 log = logging.getLogger("shrinkflow")
 
 # Budgets every trial meets by construction (the prune ratio is derived from them); latency is measured.
-CONSTRUCTIVE = ("macs", "params", "size_bytes")
+CONSTRUCTIVE = policy.STRUCTURAL_METRICS
+
+
+def check_constructible(cfg: PipelineConfig) -> None:
+    """Refuse, before any work, stage settings under which the budget cannot be met by construction."""
+    problem = policy.construction_refusal(cfg.search.budget.metric, prune_enabled=cfg.prune.enabled,
+                                          prune_method=cfg.prune.method, global_pruning=cfg.prune.global_pruning,
+                                          student=cfg.distill.student)
+    if problem:
+        raise CompressionError(problem)
 
 
 def space_of(cfg: PipelineConfig) -> policy.Space:
@@ -80,14 +89,7 @@ def _ratio_bounds(cfg: PipelineConfig, model) -> tuple[float, float]:
 def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, float | None]:
     """For each depth and int8 choice, the least pruning that brings the model within the budget."""
     metric, settings = cfg.search.budget.metric, cfg.prune
-    refused = {"prune.global_pruning: true": settings.global_pruning,
-               f"prune.method: {settings.method}": settings.method != "structured" or not settings.enabled,
-               f"distill.student: {cfg.distill.student}": cfg.distill.student is not None}
-    for setting, bad in refused.items():
-        if bad:
-            raise CompressionError(f"{setting}: a {metric} budget is met by construction only by the trimmed "
-                                   "teacher pruned structurally with local pruning; use a latency_ms budget or "
-                                   "change the setting")
+    check_constructible(cfg)
     low, high = _ratio_bounds(cfg, model)
     widths = {}
     for keep in _depths(cfg):

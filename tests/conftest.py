@@ -57,8 +57,8 @@ def _torch_threads():
 @pytest.fixture(scope="session")
 def prefect():
     """One Prefect test server for the whole session (it takes 10-20 s to start); yields its API URL, which
-    tests also give the pipelines they start as processes (each would otherwise start a server of its own:
-    README's local run and the kill -9 search still do, as users' local runs do)."""
+    tests also give the pipelines they start as processes (each would otherwise start a server of its own, as
+    users' local runs do; README's local run in tests/test_service.py still does, so that path stays tested)."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

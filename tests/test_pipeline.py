@@ -444,7 +444,8 @@ def test_transient_fetch_failure_is_retried(prefect, store, tmp_path, monkeypatc
         result = compress("configs/smoke.yaml", {**store, "source": "torchvision:resnet18:IMAGENET1K_V1",
                                                  "tracking.experiment": "retry", "name": "retry",
                                                  "trim.enabled": False, "distill.enabled": False,
-                                                 "prune.enabled": False, "register.enabled": False})
+                                                 "prune.enabled": False, "quantize.enabled": False,
+                                                 "export.onnx": False, "register.enabled": False})
     finally:
         stop.set()
         helper.join()

@@ -92,9 +92,9 @@ def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(pref
 
 
 
-def _start(command: list[str], log: Path) -> subprocess.Popen:
+def _start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            start_new_session=True, env=env or {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _wait_for(condition, timeout: float, what: str, every: float = 1.0):
@@ -127,7 +127,7 @@ def _study_trials(tmp_path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_worker(tmp_path):
+def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_worker(prefect, tmp_path):
     """kill -9 of the search mid-way, then the same command: finished trials are kept; a Dask worker killed
     during a trial of the second run: the trial runs again on the other worker and the search completes."""
     port = free_port()
@@ -139,8 +139,8 @@ def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_wor
     processes = [scheduler, *workers]
     valid = {k: v for k, v in SPACE.items() if k != "trim.keep_per_stage"}
     try:
-        command = [*_search_command(tmp_path, 8, "--dask-address", address), "--set", f"search.space={json.dumps(valid)}"]
-        first = _start(command, tmp_path / "first.log")
+        command = [*_search_command(tmp_path, 6, "--dask-address", address), "--set", f"search.space={json.dumps(valid)}"]
+        first = _start(command, tmp_path / "first.log", _env(tmp_path, prefect))
         processes.append(first)
         _wait_for(lambda: len([t for t in _study_trials(tmp_path) if t.state.name == "COMPLETE"]) >= 2, 900,
                   "two finished trials", every=0.2)
@@ -149,7 +149,7 @@ def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_wor
         kept = {t.number for t in _study_trials(tmp_path) if "outcome" in t.user_attrs}
         assert len(kept) >= 2
 
-        second = _start(command, tmp_path / "second.log")
+        second = _start(command, tmp_path / "second.log", _env(tmp_path, prefect))
         processes.append(second)
         _, runs_before = _runs(tmp_path)
         known = {r.info.run_id for r in runs_before}
@@ -164,7 +164,7 @@ def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_wor
                 os.killpg(process.pid, signal.SIGKILL)
     trials = _study_trials(tmp_path)
     outcomes = [t for t in trials if "outcome" in t.user_attrs]
-    assert len(outcomes) == 8 and kept <= {t.number for t in outcomes}
+    assert len(outcomes) == 6 and kept <= {t.number for t in outcomes}
     _, runs = _runs(tmp_path)
     finished_runs = [r for r in _trial_runs(runs) if r.info.status == "FINISHED"]
     for number in kept:  # a trial finished before the kill was not trained again
@@ -185,15 +185,12 @@ SEARCH_BAD_INPUTS = [
      "search.space.prune.ratio: 1.0: Input should be less than 1"),
     ("depth as a range", ['search.space={"trim.keep_per_stage": {"low": 1, "high": 3}}'],
      "search.space.trim.keep_per_stage: give choices"),
-    # found by plan_search, after the teacher's fine-tuning: a flow run
-    pytest.param("width budget with unstructured pruning", ["prune.method=unstructured", "search.budget.max=1e9"],
-                 "prune.method: unstructured: a macs budget is met by construction only", marks=pytest.mark.slow,
-                 id="width budget with unstructured pruning"),
+    ("width budget with unstructured pruning", ["prune.method=unstructured", "search.budget.max=1e9"],
+     "prune.method: unstructured: a macs budget is met by construction only"),
 ]
 
 
-@pytest.mark.parametrize("name, settings, message", [
-    c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in SEARCH_BAD_INPUTS])
+@pytest.mark.parametrize("name, settings, message", [pytest.param(*c, id=c[0]) for c in SEARCH_BAD_INPUTS])
 def test_search_bad_input_is_one_line_and_exit_2(name, settings, message, tmp_path, capsys):
     from cli.main import main
 

@@ -260,6 +260,21 @@ TRIALS = [
 ]
 
 
+@pytest.mark.parametrize("metric, settings, refused", [
+    ("macs", {}, None),
+    ("latency_ms", {"prune_method": "unstructured", "student": "resnet18"}, None),  # measured, not constructed
+    ("macs", {"prune_method": "unstructured"}, "prune.method: unstructured: a macs budget"),
+    ("params", {"prune_enabled": False}, "prune.method: structured: a params budget"),
+    ("size_bytes", {"global_pruning": True}, "prune.global_pruning: true: a size_bytes budget"),
+    ("macs", {"student": "resnet18"}, "distill.student: resnet18: a macs budget"),
+])
+def test_construction_refusal(metric, settings, refused):
+    stages = {"prune_enabled": True, "prune_method": "structured", "global_pruning": False, "student": None,
+              **settings}
+    problem = search.construction_refusal(metric, **stages)
+    assert problem == refused if refused is None else problem.startswith(refused)
+
+
 def test_is_feasible():
     assert search.is_feasible(TRIALS[2], "macs", LIMIT, TEACHER_ACC, MAX_DROP)
     assert not search.is_feasible(TRIALS[0], "macs", LIMIT, TEACHER_ACC, MAX_DROP)  # over budget

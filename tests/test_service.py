@@ -215,7 +215,7 @@ def test_prefect_yaml_deployments():
 @pytest.mark.slow
 @pytest.mark.xdist_group("stack")  # one worker starts the stack for both
 def test_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged(stack, tmp_path):
-    """Three pipelines at once on the stack's Prefect and MLflow servers, with a password in the tracking URI
+    """Two pipelines at once on the stack's Prefect and MLflow servers, with a password in the tracking URI
     and an S3 secret in the environment: all finish, and neither secret reaches params, tags or artifacts."""
     from mlflow.tracking import MlflowClient
 
@@ -224,13 +224,13 @@ def test_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged
     completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
     before = httpx.post(f"{api}/flow_runs/count", json=completed).json()
     run_concurrent_pipelines(tmp_path, url.replace("http://", f"http://alice:{secret}@"), "concurrent-server",
-                             seeds=(0, 1, 2), prefect_api_url=api, extra_env={"AWS_SECRET_ACCESS_KEY": s3_secret})
-    assert httpx.post(f"{api}/flow_runs/count", json=completed).json() == before + 3  # all on the shared server
+                             seeds=(0, 1), prefect_api_url=api, extra_env={"AWS_SECRET_ACCESS_KEY": s3_secret})
+    assert httpx.post(f"{api}/flow_runs/count", json=completed).json() == before + 2  # both on the shared server
     client = MlflowClient(url)
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
-    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1", "2"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 30
+    assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 20
     assert all({"teacher.accuracy", "pruned.accuracy", "kd_gain"} <= set(r.data.metrics) for r in parents)
     text = _everything_logged(client, runs, "concurrent-server-model", tmp_path)
     assert "alice:***@" in text and secret not in text and s3_secret not in text

@@ -243,15 +243,32 @@ def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store
     assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
+PREDICT_BAD_INPUTS = [
     (["models:/smoke-model/99", "--images", "docs/examples"], "not found"),
     (["models:/no-such-model@champion", "--config", "configs/smoke.yaml"], "not found"),
     (["models:/smoke-model/1", "--images", "no/such/folder"], "does not exist"),
     (["models:/smoke-model/1"], "one of the arguments --images --config is required"),
     (["models:/smoke-model/1", "--images", "docs/examples", "--output", "docs"], "output docs is a directory"),
-])
-def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message):
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", PREDICT_BAD_INPUTS)
+def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message, capsys):
+    """In this process (each case is answered before Prefect starts); the installed command once, below."""
+    from cli.main import main
+
+    try:
+        code = main(["predict", *args, "--tracking-uri", smoke_store["tracking.uri"]])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.slow
+def test_predict_bad_input_through_the_installed_command(smoke_run, smoke_store):
+    args, message = PREDICT_BAD_INPUTS[0]
     env = {**os.environ, "MLFLOW_TRACKING_URI": smoke_store["tracking.uri"]}
     result = subprocess.run([str(BIN / "shrinkflow"), "predict", *args], cwd=PROJECT_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
