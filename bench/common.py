@@ -41,6 +41,15 @@ def use_prefect_env(name: str) -> Path:
     return WORK / name
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def fresh_store(work: Path) -> str:
     """Forget a benchmark's earlier outputs, MLflow store and Prefect home; the store's tracking URI."""
     import shutil

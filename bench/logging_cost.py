@@ -8,7 +8,6 @@ bench/report.py sets the per-epoch cost beside measured epoch times.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,17 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PYTHON, QUICK, WORK, save, say, use_prefect_env  # noqa: E402
+from bench.common import PYTHON, QUICK, WORK, free_port, save, say, use_prefect_env  # noqa: E402
 
 CALLS = 20 if QUICK else 100
 EPOCH_ROW = {"train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.78, "lr": 0.001,
              "epoch_time": 4.2, "images_per_s": 110.0, "best_val_acc": 0.78}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(uri: str) -> dict:

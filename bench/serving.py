@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,19 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, Timer, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import PROJECT_ROOT, QUICK, Timer, free_port, machine, save, say, use_prefect_env  # noqa: E402
 
 RUNTIMES = {  # name: (candidate, runtime)
     "torch eager": ("pruned", "torch"), "torch int8": ("quantized_static", "torch"),
     "ORT float": ("pruned", "onnxruntime"), "ORT int8": ("quantized_static", "onnxruntime")}
 ROUNDS = 10 if QUICK else 200
 BATCHES = (1, 64)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pipeline_rows(work: Path) -> tuple[dict, object]:
@@ -89,7 +82,7 @@ def start_servers(dirs: dict[str, Path], work: Path) -> dict[str, tuple]:
            "MKL_NUM_THREADS": "1"}
     servers = {}
     for name, path in dirs.items():
-        port = _free_port()
+        port = free_port()
         log = open(work / f"serve-{path.name}.log", "w")
         proc = subprocess.Popen(["mlflow", "models", "serve", "-m", str(path), "--env-manager", "local", "-h",
                                  "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,

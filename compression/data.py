@@ -222,10 +222,18 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[Split, Split, str]:
     return splits[0], splits[1], str(folder)
 
 
+def fit_image(img, size: int, mode: str = "RGB") -> torch.Tensor:
+    """uint8 [channels, size, size] of a PIL image: converted to `mode` ("L" or "RGB"), its short side resized
+    to `size` (bilinear, antialiased), centre-cropped. Training on an image folder and predicting on image
+    files both read images through this, so that a model sees the same pixels in both."""
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    return center_crop(resize(pil_to_tensor(img.convert(mode)), size, antialias=True), [size, size])
+
+
 def _read_folder(root: Path, size: int, classes: list[str] | None = None) -> Split:
     from PIL import Image
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor, resize, center_crop
 
     folder = ImageFolder(str(root))
     if classes is not None and folder.classes != classes:
@@ -235,8 +243,7 @@ def _read_folder(root: Path, size: int, classes: list[str] | None = None) -> Spl
     images = []
     for path, _ in folder.samples:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            images.append(center_crop(resize(pil_to_tensor(img), size, antialias=True), [size, size]))
+            images.append(fit_image(img, size))
     labels = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
     return Split(torch.stack(images), labels, list(folder.classes))
 

@@ -15,7 +15,7 @@ import torch
 
 from compression import CompressionError
 from compression.checkpoint import model_from_payload, read_model_file
-from compression.data import to_model_input
+from compression.data import fit_image, to_model_input
 from compression.export import run_onnx, session
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -126,8 +126,8 @@ def image_files(root: str | os.PathLike) -> list[tuple[str, str | None]]:
 
 
 def read_images(paths: Sequence[str], channels: int, size: int) -> np.ndarray:
-    """uint8 [N, channels, size, size]: each image converted to grey or RGB and resized (bilinear) when its
-    size differs."""
+    """uint8 [N, channels, size, size]: each image converted to grey or RGB and fitted to size x size as
+    training on an image folder does (data.fit_image: short side resized, centre-cropped)."""
     from PIL import Image, UnidentifiedImageError
 
     mode = {1: "L", 3: "RGB"}.get(channels)
@@ -137,13 +137,9 @@ def read_images(paths: Sequence[str], channels: int, size: int) -> np.ndarray:
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as img:
-                img = img.convert(mode)
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)
+                out[i] = fit_image(img, size, mode).numpy()
         except (UnidentifiedImageError, OSError) as exc:
             raise CompressionError(f"cannot read image {path}: {type(exc).__name__}") from None
-        out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return out
 
 

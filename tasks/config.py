@@ -416,8 +416,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> PipelineConf
     resolved = Path(path)
     if not resolved.is_absolute() and not resolved.exists():
         resolved = PROJECT_ROOT / resolved
-    if not resolved.is_file():
+    if resolved.is_dir():
+        raise ConfigError(f"config {path} is a directory, not a YAML file")
+    if not resolved.exists():
         raise ConfigError(f"config file {path} not found")
+    if not resolved.is_file():  # /dev/null, a pipe: reading it would give defaults or hang
+        raise ConfigError(f"config {path} is not a regular file")
     try:
         raw = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:

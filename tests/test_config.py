@@ -48,6 +48,10 @@ def test_yaml_syntax_error_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file nowhere.yaml not found"):
         load_config("nowhere.yaml")
+    with pytest.raises(ConfigError, match=f"config {tmp_path} is a directory, not a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="config /dev/null is not a regular file"):
+        load_config("/dev/null")
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad)

@@ -80,6 +80,12 @@ def test_read_images_converts_and_resizes(tmp_path, fmnist):
     assert pixels.dtype == np.uint8 and pixels.shape == (2, 1, 28, 28)
     assert np.array_equal(pixels[0, 0], grey)  # PNG is lossless: the very pixels evaluate saw
     assert np.abs(pixels[1, 0].astype(int) - grey).mean() < 12  # resized back, close to the original
+    # Not square: the short side resized and the centre cropped, as training on an image folder reads it
+    # (data.fit_image); squashing it to 28x28 would show the model other pixels.
+    wide = np.zeros((28, 56), dtype=np.uint8)
+    wide[:, 14:42] = grey
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert np.array_equal(read_images([str(tmp_path / "wide.png")], channels=1, size=28)[0, 0], grey)
     (tmp_path / "broken.png").write_text("not an image")
     with pytest.raises(CompressionError, match="cannot read image"):
         read_images([str(tmp_path / "broken.png")], channels=1, size=28)
