@@ -6,7 +6,7 @@ throughput, accuracy drop and KD gain. Goal: for each family, >= 4x fewer MACs a
 No weights can be downloaded here, so each family is first pretrained from random weights on the demo's
 upstream task (configs/pretrain.yaml: classes 0-4, 1000 images per class), as the demo's ResNet-18 is; that step
 is kept in bench/.work/families-upstream across runs (`--upstream-only` runs just it). The demo's config then
-runs unchanged with `source=file:<that teacher>`. The ResNet-18 reference rows are the demo of section 3
+runs with `source=file:<that teacher>` (and FINETUNE below). The ResNet-18 reference rows are the demo of section 3
 (bench/results/compression.json), not re-run.
 
 Everything runs in one Prefect home and one sqlite MLflow store under bench/.work/families.
@@ -44,6 +44,12 @@ MACS_GOAL, DROP_GOAL = 4.0, 0.01
 SECTION = "## 8. Model families: the demo with MobileNetV2, RegNet and EfficientNet teachers"
 
 
+# The demo fine-tunes its ResNet-18 with the backbone frozen for an epoch, then at 0.3x the head's rate. From these
+# weaker upstream models (55-79% upstream test accuracy) that left every teacher below the students made from it
+# (MobileNetV2 69% against 82% for the plain student, in a run with the demo's settings): here the whole network
+# learns at the full rate from the first epoch, and for 30 epochs instead of 12 (at 12 their val accuracy was
+# still rising when the cosine schedule ran out).
+FINETUNE = {"finetune.freeze_epochs": 0, "finetune.backbone_lr_factor": 1.0, "finetune.train.epochs": 30}
 UPSTREAM = WORK / ("families-upstream-quick" if QUICK else "families-upstream")
 UPSTREAM_EPOCHS = 20  # configs/pretrain.yaml trains ResNet-18 for 3; from random weights these families learn slower (MobileNetV2: 49% train accuracy after 4)
 
@@ -79,7 +85,7 @@ def run_family(arch: str, trim: dict, store: dict) -> dict:
     from flows.compress import compress
 
     registered_as = f"fmnist-sandals-to-boots-{arch.replace('_', '-')}"
-    overrides = {**trim, **(TINY if QUICK else {}), "source": f"file:{upstream_file(arch)}",
+    overrides = {**FINETUNE, **trim, **(TINY if QUICK else {}), "source": f"file:{upstream_file(arch)}",
                  "name": f"quickstart-{arch}", "register.model_name": registered_as}
     with Timer() as t:
         result = compress("configs/quickstart.yaml", {**store, **overrides})
@@ -116,7 +122,7 @@ def main(families: list[str], upstream_only: bool = False) -> None:
         return
     uri = fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
-    results = {"machine": machine(), "upstream": teachers, "not_run": NOT_RUN,
+    results = {"machine": machine(), "upstream": teachers, "finetune": FINETUNE, "not_run": NOT_RUN,
                "runs": {}, "command": "python bench/families.py", "tracking_uri": uri}
     for arch in families:
         say(f"families: {arch}: the demo's compression, teacher pretrained upstream")
@@ -159,11 +165,14 @@ def _family_lines(arch: str, run: dict) -> list[str]:
     gain = f"{100 * run['kd_gain']:+.2f} pt" if run.get("kd_gain") is not None else "not measured"
     if not final:
         return [f"- `{arch}`: nothing registered; goal **missed**. KD gain {gain}."]
-    status = "met" if run["goal_met"] else "**missed**"
+    caveat = (f" The final model is more accurate than its teacher ({100 * run['teacher']['accuracy']:.1f}% test "
+              "accuracy): that teacher is undertrained, so meeting the drop criterion says little about what "
+              "compression costs a well-trained one." if final["accuracy_drop"] < 0 else "")
+    status = ("met only on paper" if caveat else "met") if run["goal_met"] else "**missed**"
     return [f"- `{arch}`: registered `{final['candidate']}`: {final['macs_x']:.1f}x fewer MACs at "
             f"{100 * final['accuracy_drop']:+.2f} pt (goal >= {MACS_GOAL:.0f}x at <= 1 pt: "
             f"{status}); {final['params_x']:.1f}x fewer params, "
-            f"{final['speedup']:.1f}x throughput; KD gain {gain}. Time: {run['seconds'] / 60:.1f} min."]
+            f"{final['speedup']:.1f}x throughput; KD gain {gain}. Time: {run['seconds'] / 60:.1f} min.{caveat}"]
 
 
 def section(results: dict) -> list[str]:
@@ -174,12 +183,17 @@ def section(results: dict) -> list[str]:
     upstream = results.get("upstream", {})
     out = [SECTION, "",
            f"`python bench/families.py` ({'BENCH_QUICK tiny workloads: not results; ' if results.get('quick') else ''}"
-           f"finished {results.get('finished', '?')}): the demo (`configs/quickstart.yaml` unchanged: classes 5-9, 100 "
+           f"finished {results.get('finished', '?')}): the demo (`configs/quickstart.yaml`: classes 5-9, 100 "
            "labels per class, 400 unlabelled per class for KD, the same epochs) with teachers of other families, one "
            "family after another in one process. No weights can be downloaded here, so each family is first "
            "pretrained on the demo's upstream task as its ResNet-18 is (`configs/pretrain.yaml`: classes 0-4, 1000 "
            "images per class, from random weights; `python bench/families.py --upstream-only`, kept across runs), and "
-           "the demo starts from that file (`source=file:...`). Upstream test accuracy on classes 0-4: "
+           "the demo starts from that file (`source=file:...`), with "
+           + ", ".join(f"`{k}={v}`" for k, v in results.get("finetune", {}).items())
+           + " (the demo freezes the backbone for an epoch, then trains it at 0.3x for 12 epochs: from these weaker "
+           "upstream models that left every teacher less accurate than the students made from it). Upstream test "
+           "accuracy on "
+           "classes 0-4: "
            + ", ".join(f"`{a}` {100 * u['accuracy']:.1f}% ({u['epochs']} epochs, {u['minutes']:.0f} min)"
                        for a, u in upstream.items()) + ". Trimming: " + trims + ". The final model is the one the "
            "pipeline registered (the smallest file within 1 point of its teacher, else the most accurate one); ratios "

@@ -58,10 +58,11 @@ def test_mobilenet_v3_teacher_trimmed_pruned_and_registered(prefect, store):
 
 
 def test_vit_teacher_with_encoder_layers_trimmed_pruned_and_registered(prefect, store):
-    # No ONNX export here: ViT-B's 86M-weight teacher would take a third of the run, and ViT's ONNX parity is
-    # tested on its own (tests/test_families.py).
+    # No ONNX export, int8 or KD-less baseline here: with ViT-B's 86M-weight teacher they would take half of the
+    # run, and ViT's ONNX parity and int8 are tested on their own (tests/test_families.py).
     result, children = _run_family(store, "vit_b_16", {"trim.keep_per_stage": 2, "trim.strategy": "spread",
-                                                       "export.onnx": False})
+                                                       "export.onnx": False, "quantize.enabled": False,
+                                                       "distill.baseline": False})
     _check_trimmed_distilled_pruned_registered(result, children, store, ["encoder.layers"])
     trimmed = load_model(next(r for r in result["table"] if r["candidate"] == "student_kd")["path"])
     assert list(trimmed.encoder.layers._modules) == ["encoder_layer_0", "encoder_layer_11"]  # 2 of 12, spread

@@ -74,6 +74,7 @@ def test_search_on_a_local_dask_cluster_registers_a_model_within_the_budget(pref
     assert failed and all("keep_per_stage" in r.data.tags["error"] for r in failed)
     assert all(r.data.metrics["macs"] <= limit for r in finished)  # within the budget by construction
     assert {r.data.params["trial"] for r in trials} == {str(n) for n in range(5)}
+    assert [r.info.status for r in _trial_runs(runs, full=True)] == ["FINISHED"]  # top_k=1, at full epochs
     assert {"search/trials.csv", "search/pareto.png", "search/best_so_far.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     version = client.get_model_version_by_alias("search-model", "champion")
@@ -139,7 +140,8 @@ def test_search_on_a_dask_scheduler_resumes_after_kill_9_and_survives_a_lost_wor
     processes = [scheduler, *workers]
     valid = {k: v for k, v in SPACE.items() if k != "trim.keep_per_stage"}
     try:
-        command = [*_search_command(tmp_path, 6, "--dask-address", address), "--set", f"search.space={json.dumps(valid)}"]
+        command = [*_search_command(tmp_path, 6, "--dask-address", address), "--set", f"search.space={json.dumps(valid)}",
+                   "--set", "search.top_k=0"]  # the top-k re-training is checked by the LocalCluster search
         first = _start(command, tmp_path / "first.log", _env(tmp_path, prefect))
         processes.append(first)
         _wait_for(lambda: len([t for t in _study_trials(tmp_path) if t.state.name == "COMPLETE"]) >= 2, 900,

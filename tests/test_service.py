@@ -55,7 +55,7 @@ def stack(tmp_path_factory, request):
     SQLite), started by deployments/stack.sh on free ports, for the checks that need live servers."""
     state = tmp_path_factory.mktemp("stack")
     env = {**_clean_env(), "STACK_DIR": str(state), "PREFECT_PORT": str(free_port()),
-           "MLFLOW_PORT": str(free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+           "MLFLOW_PORT": str(free_port()), "BIN": str(BIN), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     if (PG_BIN / "initdb").exists() and os.geteuid() == 0:
         env["DATABASE_URL"] = request.getfixturevalue("postgres_url")
     try:
@@ -145,7 +145,7 @@ def test_readme_service_section_in_order_after_a_local_run(local_run, tmp_path):
     commands = readme_commands("Run as a service")
     assert commands[0] == "make server" and commands[-1] == "make server-stop" and "make worker" in commands
     env = {**_clean_env(), "STACK_DIR": str(tmp_path / "stack"), "PREFECT_PORT": str(free_port()),
-           "MLFLOW_PORT": str(free_port()), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+           "MLFLOW_PORT": str(free_port()), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     worker_at = commands.index("make worker")
     worker = None
     try:
