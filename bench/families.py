@@ -169,9 +169,14 @@ def _family_lines(arch: str, run: dict) -> list[str]:
     if not final:
         return [f"- `{arch}`: nothing registered; goal **missed**. KD gain {gain}."]
     caveat = (f" The final model is more accurate than its teacher ({100 * run['teacher']['accuracy']:.1f}% test "
-              "accuracy): that teacher is undertrained, so meeting the drop criterion says little about what "
-              "compression costs a well-trained one." if final["accuracy_drop"] < 0 else "")
-    status = ("met only on paper" if caveat else "met") if run["goal_met"] else "**missed**"
+              "accuracy): the students learn from 2,000 images more than the teacher's fine-tuning saw (the ones it "
+              "labels for KD) and for more epochs, so the drop is measured against a teacher its students can beat."
+              if final["accuracy_drop"] < 0 else "")
+    smallest = max(run["table"], key=lambda row: (row["macs_x"], -row["accuracy_drop"]))
+    if not run["goal_met"] and smallest["candidate"] != final["candidate"]:
+        caveat += (f" The most compressed candidate, `{smallest['candidate']}`, has {smallest['macs_x']:.1f}x fewer "
+                   f"MACs at {100 * smallest['accuracy_drop']:+.2f} pt.")
+    status = "met" if run["goal_met"] else "**missed**"
     return [f"- `{arch}`: registered `{final['candidate']}`: {final['macs_x']:.1f}x fewer MACs at "
             f"{100 * final['accuracy_drop']:+.2f} pt (goal >= {MACS_GOAL:.0f}x at <= 1 pt: "
             f"{status}); {final['params_x']:.1f}x fewer params, "
@@ -193,9 +198,8 @@ def section(results: dict) -> list[str]:
            "images per class, from random weights; `python bench/families.py --upstream-only`, kept across runs), and "
            "the demo starts from that file (`source=file:...`), with "
            + ", ".join(f"`{k}={v}`" for k, v in results.get("finetune", {}).items())
-           + " (the demo freezes the backbone for an epoch, then trains it at 0.3x for 12 epochs: from these weaker "
-           "upstream models that left every teacher less accurate than the students made from it). Upstream test "
-           "accuracy on "
+           + " (the demo's own fine-tuning, the backbone frozen for an epoch and then at 0.3x for 12 epochs, gave "
+           "teachers of 59-79% from these weaker upstream models). Upstream test accuracy on "
            "classes 0-4: "
            + ", ".join(f"`{a}` {100 * u['accuracy']:.1f}% ({u['epochs']} epochs, {u['minutes']:.0f} min)"
                        for a, u in upstream.items()) + ". Settings of each family beyond these: " + own + ". The final model is the one the "
