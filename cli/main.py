@@ -160,8 +160,8 @@ def _runs_frame(runs):
              **{f"params.{k}": v for k, v in r.data.params.items()},
              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
     frame = pd.DataFrame(rows)
-    for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "params.trial",
-                   "tags.error"):
+    for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "tags.shrinkflow.trial",
+                   "tags.shrinkflow.study", "tags.error"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -179,14 +179,28 @@ def _trials_table(runs):
         "params.trial", "params.full_fidelity", "params.seed"))
     measured = [c for c in ("metrics.accuracy", "metrics.macs", "metrics.params", "metrics.size_bytes")
                 if c in runs.columns]
-    table = runs[["params.trial", "tags.mlflow.runName", "status", *settings, *measured, "tags.error", "run_id"]]
-    return table.assign(order=table["params.trial"].astype(int)).sort_values("order").drop(columns="order")
+    # The number from the run's tags: a run cut off by a kill can lack its params, never its tags.
+    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", *settings, *measured, "tags.error",
+                  "run_id"]].rename(columns={"tags.shrinkflow.trial": "trial"})
+    table = table.iloc[::-1]  # oldest first within a trial (runs come newest first)
+    return table.assign(order=table["trial"].astype(int)).sort_values("order", kind="stable").drop(columns="order")
+
+
+def _search_trials(args):
+    """The trials of the search run's study: after a search was stopped and run again, the trials the first
+    run finished belong to the search as much as those of the run that completed it."""
+    search = _runs(args.tracking_uri, args.experiment, f"attributes.run_id = '{args.search}'")
+    if search.empty:
+        raise NotFoundError(f"search run {args.search} not found in experiment {args.experiment!r}")
+    study = search["tags.shrinkflow.study"].iloc[0]
+    which = f"tags.`shrinkflow.study` = '{study}'" if isinstance(study, str) else \
+        f"tags.`mlflow.parentRunId` = '{args.search}'"  # a search logged before runs were tagged with their study
+    return _runs(args.tracking_uri, args.experiment, f"{which} and tags.`shrinkflow.kind` = 'trial'")
 
 
 def cmd_compare(args) -> int:
     if args.search:
-        runs = _runs(args.tracking_uri, args.experiment, f"tags.`mlflow.parentRunId` = '{args.search}' and "
-                                                         "tags.`shrinkflow.kind` = 'trial'")
+        runs = _search_trials(args)
         what, table = "trials of search run " + args.search, _trials_table if not runs.empty else None
     else:
         runs = _runs(args.tracking_uri, args.experiment, "tags.`shrinkflow.kind` = 'pipeline'")

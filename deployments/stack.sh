@@ -71,14 +71,24 @@ case "${1:-}" in
     echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
     ;;
   stop)
+    # TERM to every process group at once, then wait (up to 10 s) for all of them together.
+    stopping=()
     for name in worker mlflow prefect; do
       pidfile="$STACK_DIR/$name.pid"
       [ -f "$pidfile" ] || continue
-      pid=$(cat "$pidfile")
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null || true
+      stopping+=("$name")
+    done
+    for _ in $(seq 20); do
+      alive=0
+      for name in "${stopping[@]}"; do kill -0 "$(cat "$STACK_DIR/$name.pid")" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.5
+    done
+    for name in "${stopping[@]}"; do
+      pid=$(cat "$STACK_DIR/$name.pid")
       kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -f "$pidfile"
+      rm -f "$STACK_DIR/$name.pid"
       echo "stopped $name ($pid)"
     done
     ;;

@@ -32,8 +32,8 @@ from tasks.preflight import check_dask
 from tasks.prune import prune
 from tasks.quantize import quantize
 from tasks.search import (check_constructible, failed_outcome, finished, measure_trial, plan_search, record,
-                          sampled_space, search_report, study_session, target_trials, trial_config, trial_overrides,
-                          trial_run)
+                          sampled_space, search_report, study_key, study_session, target_trials, trial_config,
+                          trial_overrides, trial_run)
 from tasks.tracking import fail_orphaned_runs
 from tasks.trim import trim
 
@@ -45,7 +45,7 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
           full: bool = False) -> dict:
     """One trial: the stages with the trial's settings, in a Dask worker, one torch thread."""
     torch.set_num_threads(1)
-    with trial_run(ctx, number, settings, full) as (trial_ctx, handle):
+    with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full) as (trial_ctx, handle):
         overrides = trial_overrides(cfg, settings, plan, full)
         handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
         trial_cfg = trial_config(cfg, overrides)
@@ -113,7 +113,7 @@ def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dic
 @flow(name="search-trials")
 def search_trials(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> dict:
     """The trials and the top-k re-training, on the task runner the search flow gives it (Dask)."""
-    with study_session(cfg, teacher, plan) as study:
+    with study_session(cfg, ctx, teacher, plan) as study:
         trials = _explore(cfg, ctx, data, teacher, plan, study)
     return {"trials": trials, "finalists": _retrain_best(cfg, ctx, data, teacher, plan, trials)}
 

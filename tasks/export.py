@@ -12,12 +12,14 @@ ONNX file it does not have.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 from compression.checkpoint import file_sha256
 from compression.export import export_onnx, onnx_latency, parity, run_onnx, session
+from compression.fileio import atomic_write
 from compression.models import example_input, input_channels
 from compression.onnx_runtime import onnx_accuracy, quantize_onnx_static
 from tasks.config import PipelineConfig
@@ -40,11 +42,26 @@ def _measure(cfg: PipelineConfig, bundle, path: Path, channels: int, size_of) ->
     return sess, {"accuracy": accuracy, **speed, "size_bytes": path.stat().st_size}
 
 
+def _onnx_file(model, images: torch.Tensor, ref: dict, workdir: Path, name: str, opset: int) -> Path:
+    """`<name>.onnx` in this run's workdir, exported once per model file, input shape, opset and torch version:
+    torch.export takes seconds per model, and the teacher's file is the same in every run that changed only
+    what follows it. A file made before is checked against PyTorch like a new one (_float_export)."""
+    shape = "x".join(str(d) for d in images.shape[1:])
+    made = workdir.parent / "by-model" / f"{ref['sha256'][:24]}-{shape}-opset{opset}-torch{torch.__version__}.onnx"
+    if made.exists():
+        log.info("[export] %s: reusing %s, exported from the same model file before", name, made.name)
+    else:
+        export_onnx(model, images, made, opset)
+    path = workdir / f"{name}.onnx"
+    atomic_write(path, lambda tmp: shutil.copyfile(made, tmp))
+    return path
+
+
 def _float_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict) -> dict:
     model = load(ref)
     channels = input_channels(model)
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
-    path = export_onnx(model, images, workdir / f"{name}.onnx", cfg.export.opset)
+    path = _onnx_file(model, images, ref, workdir, name, cfg.export.opset)
     sess, info = _measure(cfg, bundle, path, channels, model)
     check = parity(model, sess, images)
     ok = check["max_abs_diff"] <= cfg.export.parity_atol and check["top1_agreement"] == 1.0

@@ -10,7 +10,7 @@ from compression.comparison import kd_gain, speed_notes, with_ratios
 from tasks import plots
 from tasks.config import PipelineConfig
 from tasks.stage import stage_task
-from tasks.tracking import RunContext, StageRun
+from tasks.tracking import RunContext, StageRun, log_figure
 
 COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonzero_params", "macs", "macs_x",
            "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "speedup", "onnx_accuracy", "onnx_latency_p50_ms", "onnx_throughput_ips", "sha256", "path"]
@@ -53,11 +53,11 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
     for target in (run, parent):
         target.log_text(df.to_csv(index=False), "comparison.csv")
         target.log_text(text + "\n", "comparison.md")
-        for x, label in PARETO_AXES:
-            fig = plots.pareto(df.to_dict("records"), x, label)
-            target.log_figure(fig, f"pareto_{x}.png")
-            plots.close(fig)
         target.log_metrics(summary)
+    for x, label in PARETO_AXES:
+        fig = plots.pareto(df.to_dict("records"), x, label)
+        log_figure(fig, f"pareto_{x}.png", [run, parent])
+        plots.close(fig)
     create_table_artifact(key=f"{cfg.name}-comparison".lower().replace("_", "-"),
                           table=[{k: _cell(v) for k, v in r.items()} for r in df.to_dict("records")],
                           description=f"shrinkflow candidates of {cfg.name}")

@@ -163,10 +163,11 @@ def trial_config(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
 
 
 @contextmanager
-def trial_run(ctx: RunContext, number: int, settings: dict, full: bool):
-    """The trial's MLflow run under the search's pipeline run; FAILED with the error as a tag if it raises."""
+def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool):
+    """The trial's MLflow run under the search's pipeline run, tagged with its study (a search resumed after a
+    stop lists the trials of the earlier one by it); FAILED with the error as a tag if it raises."""
     with stage_run(ctx, "trial-full" if full else "trial") as run:
-        run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.trial": str(number),
+        run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.study": study, "shrinkflow.trial": str(number),
                       "mlflow.runName": f"trial-{number}{'-full' if full else ''}"})
         run.log_params({"trial": number, "full_fidelity": full, **settings})
         try:
@@ -192,13 +193,16 @@ def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, s
             "run_id": run.run_id, "model": dict(final)}
 
 
-def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
+def study_key(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> str:
     """One study per teacher file, data, seed, budget, space, fidelity and stage settings."""
     identity = {"teacher": teacher["sha256"], "seed": cfg.seed,
                 "plan": {k: plan[k] for k in ("metric", "limit", "widths")},
                 **cfg.stage_dict("data", "trim", "distill", "prune", "quantize", "search")}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return output_root(cfg) / "search" / key / "study.db"
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
+    return output_root(cfg) / "search" / study_key(cfg, teacher, plan) / "study.db"
 
 
 def _sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -247,10 +251,12 @@ def target_trials(cfg: PipelineConfig) -> int:
 
 
 @contextmanager
-def study_session(cfg: PipelineConfig, teacher: ModelRef, plan: dict):
+def study_session(cfg: PipelineConfig, ctx: RunContext, teacher: ModelRef, plan: dict):
     """The study, held by this search alone: a second search on the same study stops with one line
-    instead of failing the first one's running trials as orphans (the lock ends with the process)."""
+    instead of failing the first one's running trials as orphans (the lock ends with the process). The
+    search's pipeline run is tagged with the study's key, as its trials are."""
     path = study_path(cfg, teacher, plan)
+    StageRun(ctx.client(), ctx.parent_run_id, "pipeline").set_tags({"shrinkflow.study": path.parent.name})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name("study.lock"), "a+") as lock:
         try:

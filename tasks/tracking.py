@@ -272,10 +272,16 @@ class StageRun:
         self.client.log_text(self.run_id, text, name)
 
     def log_figure(self, figure, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(name).name
-            figure.savefig(path, dpi=110, bbox_inches="tight")
-            self.log_artifact(path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
+        log_figure(figure, name, [self])
+
+
+def log_figure(figure, name: str, runs: list[StageRun]) -> None:
+    """The figure rendered once (the costly part) and logged as `name` to every run of `runs`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        for run in runs:
+            run.log_artifact(path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
 
 
 def _process_tags() -> dict[str, str]:

@@ -53,6 +53,8 @@ def _check_trimmed_distilled_pruned_registered(result: dict, children: dict, sto
 def test_mobilenet_v3_teacher_trimmed_pruned_and_registered(prefect, store):
     result, children = _run_family(store, "mobilenet_v3_small", {"trim.keep_per_stage": 1})
     _check_trimmed_distilled_pruned_registered(result, children, store, ["features"])
+    exported = children["export"].data.metrics  # the float teacher and the pruned student agree with PyTorch
+    assert exported["teacher.onnx.parity_ok"] == 1 and exported["pruned.onnx.parity_ok"] == 1
     trimmed = load_model(next(r for r in result["table"] if r["candidate"] == "student_kd")["path"])
     assert [stage.size for stage in find_stages(trimmed)] == [1, 1, 1, 1, 1]  # from 1, 2, 3, 2, 3 blocks
 

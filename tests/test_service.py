@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -91,6 +92,20 @@ def local_run():
     return local
 
 
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group, then SIGKILL to what is left after 10 s: `make worker` exits at once, but
+    the Prefect worker under it has outlived a single SIGTERM (it then polled a stopped server for good)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    for _ in range(20):
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+
+
 def _bash(script: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -165,8 +180,7 @@ def test_readme_service_section_in_order_after_a_local_run(local_run, tmp_path):
         _check_bad_parameter_fails_in_one_line(env)
     finally:
         if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            _stop_group(worker)
         stopped = _bash(commands[-1], env, 120)
     assert stopped.returncode == 0 and "stopped prefect" in stopped.stdout, stopped.stdout + stopped.stderr
     assert not list((tmp_path / "stack").glob("*.pid"))
