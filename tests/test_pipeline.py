@@ -185,7 +185,7 @@ def test_failing_stage_marks_child_and_parent_failed_and_registers_nothing(prefe
     assert not client.search_registered_models("name='never-registered'")
 
 
-def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path):
+def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path, capsys):
     from cli.main import main
 
     out = tmp_path / "runs.csv"
@@ -195,6 +195,10 @@ def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path):
     table = pd.read_csv(out)
     assert first_run["run_id"] in set(table.run_id)
     assert {"teacher.accuracy", "pruned.accuracy", "kd_gain", "config_hash"} <= set(table.columns)
+    missing = "0" * 32
+    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--search", missing]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
 
 
 def test_imagenet_config_offline_with_weights_in_the_torch_cache(prefect, store, tmp_path, monkeypatch):
