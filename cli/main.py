@@ -189,8 +189,11 @@ def _trials_table(runs):
 def _search_trials(args):
     """The trials of the search run's study: after a search was stopped and run again, the trials the first
     run finished belong to the search as much as those of the run that completed it."""
-    search = _runs(args.tracking_uri, args.experiment, f"attributes.run_id = '{args.search}'")
-    if search.empty:
+    import re
+
+    found = re.fullmatch(r"[0-9a-f]{32}", args.search)  # an MLflow run id; anything else would break the filter
+    search = _runs(args.tracking_uri, args.experiment, f"attributes.run_id = '{args.search}'") if found else None
+    if search is None or search.empty:
         raise NotFoundError(f"search run {args.search} not found in experiment {args.experiment!r}")
     study = search["tags.shrinkflow.study"].iloc[0]
     which = f"tags.`shrinkflow.study` = '{study}'" if isinstance(study, str) else \

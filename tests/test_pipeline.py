@@ -195,10 +195,11 @@ def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path, capsys):
     table = pd.read_csv(out)
     assert first_run["run_id"] in set(table.run_id)
     assert {"teacher.accuracy", "pruned.accuracy", "kd_gain", "config_hash"} <= set(table.columns)
-    missing = "0" * 32
-    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--search", missing]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
+    for missing in ("0" * 32, "ab'c"):
+        assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--search",
+                     missing]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
 
 
 def test_imagenet_config_offline_with_weights_in_the_torch_cache(prefect, store, tmp_path, monkeypatch):
