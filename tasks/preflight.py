@@ -7,6 +7,7 @@ deployment run with a bad parameter fails at once with that line as its message.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from compression import CompressionError
@@ -21,9 +22,9 @@ def ensure_writable(directory) -> None:
     """Fail before any work when outputs cannot be written there."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A name of its own: pipelines started together probe the same directory at once.
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as probe:
+            probe.write(b"ok")
     except OSError as exc:
         raise CompressionError(f"output directory {directory} is not writable ({exc.strerror or type(exc).__name__})") from None
 

@@ -69,3 +69,18 @@ def test_search_budget_numbers_shares_and_space_values():
         load_config("configs/smoke.yaml", {"search.space": '{"distill.alpha": {"low": 0.5, "high": 1.5}}'})
     with pytest.raises(ConfigError, match=r"search.space.trim.keep_per_stage: \[0, 1\]: .*at least 1 block"):
         load_config("configs/smoke.yaml", {"search.space": '{"trim.keep_per_stage": {"choices": [1, [0, 1]]}}'})
+
+
+def test_output_directory_check_holds_when_pipelines_start_together(tmp_path):
+    """Pipelines started at once probe the same output directory; one's probe must not be another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.preflight import ensure_writable
+
+    def probe_many(_):
+        for _ in range(300):
+            ensure_writable(tmp_path / "outputs")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(probe_many, range(4)))  # re-raises the first failure
+    assert not list((tmp_path / "outputs").iterdir())
