@@ -130,11 +130,14 @@ def test_registered_model_reproduces_its_accuracy(first_run, store):
     assert set(predictions["name"]) <= {"Sandal", "Sneaker", "Ankle boot"}
 
 
-def test_prefect_artifacts(first_run, prefect):
+def test_prefect_artifacts(first_run, store, prefect):
     import httpx
     from prefect.settings import PREFECT_API_URL
 
-    body = {"artifacts": {"key": {"any_": ["smoke-comparison", "smoke-mlflow-run"]}}, "flow_runs": {},
+    # Other smoke pipelines of the session log artifacts of the same keys to the same server: this run's only.
+    flow_run_id = MlflowClient(store["tracking.uri"]).get_run(first_run["run_id"]).data.tags["prefect_flow_run_id"]
+    body = {"artifacts": {"key": {"any_": ["smoke-comparison", "smoke-mlflow-run"]}},
+            "flow_runs": {"id": {"any_": [flow_run_id]}},
             "task_runs": {}, "limit": 10, "offset": 0, "sort": "CREATED_DESC"}
     found = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body).raise_for_status().json()
     by_key = {a["key"]: a for a in found}
