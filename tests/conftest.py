@@ -1,11 +1,14 @@
 """Shared fixtures. Prefect and MLflow settings are environment variables read at import time, so they
 are set here, before any test module imports prefect or mlflow."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _STATE = Path(tempfile.mkdtemp(prefix="shrinkflow-tests-"))
+atexit.register(shutil.rmtree, _STATE, ignore_errors=True)
 os.environ.setdefault("PREFECT_HOME", str(_STATE / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -86,10 +86,13 @@ def local_run():
     local = Path(tempfile.mkdtemp(prefix="shrinkflow-local-"))
     env = {**_clean_env(), "PREFECT_HOME": str(local / "prefect-home"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{local / 'mlflow.db'}"}
-    done = subprocess.run([sys.executable, "-m", "cli", "run", "configs/smoke.yaml"], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr + done.stdout[-3000:]
-    return local
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "run", "configs/smoke.yaml"], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr + done.stdout[-3000:]
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)  # about 170 MB
 
 
 def _stop_group(process: subprocess.Popen) -> None:
