@@ -82,6 +82,16 @@ REFUSALS = {
                          "not supported",
     ("squeezenet", "quantize-dynamic"): "SqueezeNet has no Linear layer (its classifier is a 1x1 conv), so dynamic "
                                         "int8 would quantize nothing; use static int8",
+    # Depth trimming removes blocks with a skip connection (compression/trimming.py); these families have none.
+    ("densenet", "trim"): "its dense layers concatenate their outputs, so removing one changes the next layer's input",
+    ("shufflenet", "trim"): "its units split, concatenate and shuffle channels instead of adding a skip connection",
+    ("squeezenet", "trim"): "its fire modules have no skip connection",
+    ("googlenet", "trim"): "its inception modules have no skip connection",
+    ("inception", "trim"): "its inception modules have no skip connection",
+    ("vgg", "trim"): "it is a plain stack of layers with no skip connections",
+    ("alexnet", "trim"): "it is a plain stack of layers with no skip connections",
+    ("maxvit", "trim"): "its blocks (MBConv with block and grid attention) are not among the families depth trimming "
+                        "handles",
 }
 STAGES = ("build", "trim", "prune", "quantize-static", "quantize-dynamic", "export")
 

@@ -29,7 +29,7 @@ from torchvision.models import convnext, efficientnet, mnasnet, mobilenetv2, mob
 from torchvision.models import swin_transformer, vision_transformer
 
 from compression import CompressionError
-from compression.models import arch_name, model_spec, update_spec
+from compression.models import arch_name, model_spec, refusal, update_spec
 
 # Block class -> whether an instance keeps the shape through a skip connection (so it can be removed).
 REMOVABLE = {
@@ -46,17 +46,6 @@ REMOVABLE = {
     swin_transformer.SwinTransformerBlock: lambda b: True,  # SwinTransformerBlockV2 is a subclass
 }
 
-# Why the families without such blocks cannot be trimmed (matched on the architecture name's start).
-REFUSALS = {
-    "densenet": "its dense layers concatenate their outputs, so removing one changes the next layer's input",
-    "shufflenet": "its units split, concatenate and shuffle channels instead of adding a skip connection",
-    "squeezenet": "its fire modules have no skip connection",
-    "googlenet": "its inception modules have no skip connection",
-    "inception": "its inception modules have no skip connection",
-    "vgg": "it is a plain stack of layers with no skip connections",
-    "alexnet": "it is a plain stack of layers with no skip connections",
-    "maxvit": "its blocks (MBConv with block and grid attention) are not among the families depth trimming handles",
-}
 SUPPORTED = "ResNet, MobileNetV2/V3, MNASNet, EfficientNet v1/v2, RegNet, ConvNeXt, ViT, Swin"
 
 
@@ -104,9 +93,8 @@ def trim_refusal(model: nn.Module) -> str | None:
     """Why `model` cannot be trimmed, or None when it can."""
     if _containers(model):
         return None
-    arch = arch_name(model)
-    reason = next((why for prefix, why in REFUSALS.items() if arch.lower().startswith(prefix)), None)
-    return reason or f"it has no shape-preserving residual blocks (depth trimming supports {SUPPORTED})"
+    generic = f"it has no shape-preserving residual blocks (depth trimming supports {SUPPORTED})"
+    return refusal(arch_name(model), "trim") or generic
 
 
 def check_trimmable(model: nn.Module) -> None:
