@@ -57,69 +57,14 @@ def _torch_threads():
     yield
 
 
-SHARED_PREFECT, SHARED_PREFECT_LOG = "SHRINKFLOW_TESTS_PREFECT_API_URL", "SHRINKFLOW_TESTS_PREFECT_LOG"
-
-
-def pytest_configure(config):
-    """Under pytest-xdist the controller starts the session's Prefect test server, once for both workers (a
-    start takes 10-20 s of CPU), in the background: the workers start meanwhile and wait for it when a test
-    first needs it. The server runs as Prefect's own temporary server does, on a database of its own."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
-        return
-    import subprocess
-    import sys
-
-    home, port = _STATE / "shared-prefect", free_port()
-    home.mkdir()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-           "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    log = open(home / "server.log", "w")
-    config._shared_prefect = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    os.environ[SHARED_PREFECT] = f"http://127.0.0.1:{port}/api"
-    os.environ[SHARED_PREFECT_LOG] = log.name
-
-
-def pytest_unconfigure(config):
-    server = getattr(config, "_shared_prefect", None)
-    if server is not None:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def _wait_for_prefect(api_url: str, timeout: float = 120) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{api_url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the shared Prefect test server at {api_url} did not start; see {os.environ[SHARED_PREFECT_LOG]}")
-
-
 @pytest.fixture(scope="session")
 def prefect():
-    """One Prefect test server for the whole session; yields its API URL, which tests also give the pipelines
-    they start as processes (each would otherwise start a server of its own, as users' local runs do; README's
-    local run in tests/test_service.py still does, so that path stays tested). Under xdist it is the server
-    the controller started for both workers (pytest_configure); without xdist, one of this process's own."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """One Prefect test server for the whole session (it takes 10-20 s to start); yields its API URL, which
+    tests also give the pipelines they start as processes (each would otherwise start a server of its own, as
+    users' local runs do; README's local run in tests/test_service.py still does, so that path stays tested)."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    shared = os.environ.get(SHARED_PREFECT)
-    if shared:
-        _wait_for_prefect(shared)
-        with temporary_settings(updates={PREFECT_API_URL: shared}):
-            yield shared
-        return
     with prefect_test_harness(server_startup_timeout=90):
         yield PREFECT_API_URL.value()
 
