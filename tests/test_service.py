@@ -108,6 +108,7 @@ def _stop_group(process: subprocess.Popen) -> None:
             return
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def _bash(script: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
