@@ -240,14 +240,13 @@ def cmd_reproduce(args) -> int:
         raise NotFoundError(f"run {args.run_id} not found at {uri}") from None
     if original.data.tags.get("shrinkflow.kind") != "pipeline":
         raise NotFoundError(f"run {args.run_id} is not a shrinkflow pipeline run")
-    path = client.download_artifacts(args.run_id, "config.yaml", tempfile.mkdtemp(prefix="shrinkflow-reproduce-"))
-    raw = yaml.safe_load(Path(path).read_text())
-    raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
-    # A fresh output directory: every stage really runs again instead of coming from the cache.
-    raw["output_dir"] = str(Path(args.output_dir or PROJECT_ROOT / "outputs" / "reproduce" / args.run_id).resolve())
-    config_from_dict(raw, f"config of run {args.run_id}")
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "config.yaml"
+    with tempfile.TemporaryDirectory(prefix="shrinkflow-reproduce-") as tmp:
+        config_path = Path(client.download_artifacts(args.run_id, "config.yaml", tmp))
+        raw = yaml.safe_load(config_path.read_text())
+        raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
+        # A fresh output directory: every stage really runs again instead of coming from the cache.
+        raw["output_dir"] = str(Path(args.output_dir or PROJECT_ROOT / "outputs" / "reproduce" / args.run_id).resolve())
+        config_from_dict(raw, f"config of run {args.run_id}")
         config_path.write_text(yaml.safe_dump(raw))
         flow = _flow(original.data.tags.get("shrinkflow.flow", "compress"))
         result = flow(config=str(config_path))

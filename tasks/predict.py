@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -27,7 +26,7 @@ from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import registry_version
 from tasks.preflight import ensure_writable
-from tasks.tracking import check_tracking, default_tracking_uri, make_client, pipeline_run, redact
+from tasks.tracking import check_tracking, default_tracking_uri, load_pyfunc, make_client, pipeline_run, redact
 
 log = logging.getLogger("shrinkflow")
 BATCH = 512
@@ -47,7 +46,7 @@ def load_registered(model_uri: str, tracking_uri: str):
     version logged is the one that scores even if an alias moves meanwhile."""
     version = registered_version(model_uri, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)  # pyfunc.load_model reads the registry from the global setting
-    loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    loaded = load_pyfunc(f"models:/{version.name}/{version.version}")
     try:
         python_model = loaded.unwrap_python_model()
     except MlflowException:  # another flavour (sklearn, ...): no python model to unwrap

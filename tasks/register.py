@@ -33,7 +33,7 @@ from tasks.config import PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import SHA_TAG
 from tasks.stage import stage_task
-from tasks.tracking import RunContext, insert_safely
+from tasks.tracking import RunContext, insert_safely, load_pyfunc
 
 CHECKED_TAG = "shrinkflow.reload_checked"
 RUNTIME_TAG = "shrinkflow.runtime"
@@ -70,7 +70,7 @@ def _test_images(cfg: PipelineConfig, data: dict, channels: int) -> tuple[np.nda
 
 
 def _reloaded_accuracy(uri: str, images: np.ndarray, labels: np.ndarray) -> float:
-    loaded = mlflow.pyfunc.load_model(uri)
+    loaded = load_pyfunc(uri)
     predictions = pd.concat([loaded.predict(images[i:i + 512]) for i in range(0, len(images), 512)])
     return float((predictions["label"].to_numpy() == labels).mean())
 

@@ -119,6 +119,16 @@ def make_client(tracking_uri: str) -> MlflowClient:
     return client
 
 
+def load_pyfunc(model_uri: str):
+    """mlflow.pyfunc.load_model from a temporary copy, removed once loaded: MLflow leaves every download in the
+    system's temp directory otherwise (a registered ResNet-18 teacher is 45 MB a load). A shrinkflow model reads
+    all of its files while it loads (tasks/serving.py), so the copy is not needed afterwards."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="shrinkflow-model-") as tmp:
+        return mlflow.pyfunc.load_model(model_uri, dst_path=tmp)
+
+
 def insert_safely(tracking_uri: str, call, *args) -> None:
     """An MLflow write that checks, then inserts (dataset inputs, model version tags): pipelines writing the
     same row at once collide on its unique key; the row then exists, and a retry updates or links it."""

@@ -288,13 +288,19 @@ def test_stage_flows_run_one_stage_on_given_models(first_run, store):
     assert rows["quantized_static"]["size_bytes"] < rows["float"]["size_bytes"] / 2
 
 
-def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys):
+def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys, monkeypatch):
+    import tempfile
+
     from cli.main import main
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     code = main(["reproduce", first_run["run_id"], "--tracking-uri", store["tracking.uri"],
                  "--output-dir", str(tmp_path / "again")])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert not list(scratch.glob("shrinkflow-reproduce-*"))  # the downloaded config is not left behind
     assert "identical" in out and "stages run: load_data, fetch_pretrained, finetune, trim, distill, prune" in out
     # recomputed from scratch in a fresh output directory: byte-identical model files, the int8 ones too
     for row in first_run["table"]:

@@ -235,15 +235,20 @@ def test_prefect_yaml_deployments():
 @pytest.mark.xdist_group("stack")  # one worker starts the stack for both
 def test_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged(stack, tmp_path):
     """Two pipelines at once on the stack's Prefect and MLflow servers, with a password in the tracking URI
-    and an S3 secret in the environment: all finish, and neither secret reaches params, tags or artifacts."""
+    and an S3 secret in the environment: all finish, and neither secret reaches params, tags or artifacts.
+    Registering reloads the model from the server: no copy of it is left in the temp directory."""
     from mlflow.tracking import MlflowClient
 
     url, api = stack["env"]["MLFLOW_TRACKING_URI"], stack["env"]["PREFECT_API_URL"]
     secret, s3_secret = "fake-pw-8c1f", "fake-s3-secret-77aa"
     completed = {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}
     before = httpx.post(f"{api}/flow_runs/count", json=completed).json()
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
     run_concurrent_pipelines(tmp_path, url.replace("http://", f"http://alice:{secret}@"), "concurrent-server",
-                             seeds=(0, 1), prefect_api_url=api, extra_env={"AWS_SECRET_ACCESS_KEY": s3_secret})
+                             seeds=(0, 1), prefect_api_url=api,
+                             extra_env={"AWS_SECRET_ACCESS_KEY": s3_secret, "TMPDIR": str(system_tmp)})
+    assert not list(system_tmp.rglob("MLmodel"))
     assert httpx.post(f"{api}/flow_runs/count", json=completed).json() == before + 2  # both on the shared server
     client = MlflowClient(url)
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
