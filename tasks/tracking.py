@@ -120,9 +120,10 @@ def make_client(tracking_uri: str) -> MlflowClient:
 
 
 def load_pyfunc(model_uri: str):
-    """mlflow.pyfunc.load_model from a temporary copy, removed once loaded: MLflow leaves every download in the
-    system's temp directory otherwise (a registered ResNet-18 teacher is 45 MB a load). A shrinkflow model reads
-    all of its files while it loads (tasks/serving.py), so the copy is not needed afterwards."""
+    """mlflow.pyfunc.load_model from a temporary copy, removed once loaded. Without `dst_path` MLflow leaves
+    each model it downloads from a server in the system's temp directory (a registered ResNet-18 teacher is 45
+    MB a load). A shrinkflow model reads all of its files while it loads (tasks/serving.py), so the copy is not
+    needed afterwards."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory(prefix="shrinkflow-model-") as tmp:
