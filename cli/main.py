@@ -241,7 +241,10 @@ def cmd_reproduce(args) -> int:
     if original.data.tags.get("shrinkflow.kind") != "pipeline":
         raise NotFoundError(f"run {args.run_id} is not a shrinkflow pipeline run")
     with tempfile.TemporaryDirectory(prefix="shrinkflow-reproduce-") as tmp:
-        config_path = Path(client.download_artifacts(args.run_id, "config.yaml", tmp))
+        try:
+            config_path = Path(client.download_artifacts(args.run_id, "config.yaml", tmp))
+        except MlflowException:  # a run stopped before it logged its config
+            raise NotFoundError(f"run {args.run_id} has no logged config.yaml to reproduce") from None
         raw = yaml.safe_load(config_path.read_text())
         raw.setdefault("tracking", {})["uri"] = uri  # the logged URI may be redacted
         # A fresh output directory: every stage really runs again instead of coming from the cache.

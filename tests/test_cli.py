@@ -36,3 +36,16 @@ def test_a_config_mistake_is_answered_before_torch_mlflow_or_prefect_are_loaded(
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
     assert proc.stderr.strip() == "shrinkflow: error: configs/smoke.yaml: prune.ratio: Input should be less than 1"
+
+
+def test_reproduce_a_run_without_its_config_is_one_line_and_exit_2(tmp_path):
+    """A pipeline run stopped before it logged its config (killed at start) cannot be reproduced: bad input."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("stopped"), tags={"shrinkflow.kind": "pipeline"})
+    client.set_terminated(run.info.run_id, "FAILED")
+    proc = shrinkflow("reproduce", run.info.run_id, "--tracking-uri", uri)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"shrinkflow: error: run {run.info.run_id} has no logged config.yaml to reproduce"], proc.stderr
