@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-fast data clean server server-stop worker deploy serve bench bench-report architectures
+.PHONY: demo test test-slow data clean server server-stop worker deploy serve bench bench-report architectures
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,17 @@ data:
 demo: $(STAMP) data
 	$(BIN)/shrinkflow demo
 
-# Two pytest-xdist workers (a third on two cores measured no faster: the waits it would fill cost as much in
-# contention). Tests of one xdist_group (the session's smoke pipeline; the service stack) stay on one worker.
-test: $(STAMP) data
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
+# Unit and integration tests (the smoke pipeline through every stage, its registered model served), then the
+# slow end-to-end checks; CI runs both (.ci/run). Two pytest-xdist workers (a third on two cores measured no
+# faster: the waits it would fill cost as much in contention); the tests of one xdist_group (the smoke
+# pipeline's; the service stack's) stay on one worker.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
-test-fast: $(STAMP) data
-	$(BIN)/python -m pytest -m "not slow"
+test: $(STAMP) data
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP) data
+	$(PYTEST) -m slow
 
 # The service stack on 127.0.0.1 (SQLite; PostgreSQL with DATABASE_URL=postgresql://user:pass@host:port).
 server: $(STAMP)
@@ -64,6 +68,7 @@ bench: $(STAMP) data
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/families.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/suite.py
 	$(MAKE) architectures
 	$(BIN)/python bench/report.py
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compression import CompressionError
+from compression.checkpoint import file_sha256
 from compression.fileio import atomic_write
 from compression.measure import latency_inputs, timed_calls
 from compression.models import arch_name, check_supported, quantization_info
@@ -49,6 +50,24 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
                                     verbose=False, report=False)
         atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
     return Path(path)
+
+
+def cached_export(model: nn.Module, example: torch.Tensor, cache_dir: str | os.PathLike, key: str,
+                  opset: int = 18) -> tuple[Path, bool]:
+    """`model`'s ONNX file in `cache_dir` under `key` (which must name everything the file depends on: the model
+    file's digest, input shape, opset, torch version), and whether it was reused. A file is reused only while it
+    matches the sha256 recorded beside it when it was exported: a damaged or truncated one is exported again.
+    Concurrent exports of one key are safe: a digest that does not match the file only causes another export."""
+    path = Path(cache_dir) / f"{key}.onnx"
+    digest = path.with_name(path.name + ".sha256")
+    if path.exists() and digest.exists() and digest.read_text().strip() == file_sha256(path):
+        return path, True
+    if path.exists():
+        why = "does not match the sha256 recorded when it was exported" if digest.exists() else "has no recorded sha256"
+        log.warning("[export] %s %s: exporting again", path.name, why)
+    export_onnx(model, example, path, opset)
+    atomic_write(digest, lambda tmp: tmp.write_text(file_sha256(path)))
+    return path, False
 
 
 def session(path: str | os.PathLike, threads: int = 1):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from compression.checkpoint import file_sha256
-from compression.export import export_onnx, onnx_latency, parity, run_onnx, session
+from compression.export import cached_export, onnx_latency, parity, run_onnx, session
 from compression.fileio import atomic_write
 from compression.models import example_input, input_channels
 from compression.onnx_runtime import onnx_accuracy, quantize_onnx_static
@@ -47,11 +47,10 @@ def _onnx_file(model, images: torch.Tensor, ref: dict, workdir: Path, name: str,
     torch.export takes seconds per model, and the teacher's file is the same in every run that changed only
     what follows it. A file made before is checked against PyTorch like a new one (_float_export)."""
     shape = "x".join(str(d) for d in images.shape[1:])
-    made = workdir.parent / "by-model" / f"{ref['sha256'][:24]}-{shape}-opset{opset}-torch{torch.__version__}.onnx"
-    if made.exists():
+    key = f"{ref['sha256'][:24]}-{shape}-opset{opset}-torch{torch.__version__}"
+    made, reused = cached_export(model, images, workdir.parent / "by-model", key, opset)
+    if reused:
         log.info("[export] %s: reusing %s, exported from the same model file before", name, made.name)
-    else:
-        export_onnx(model, images, made, opset)
     path = workdir / f"{name}.onnx"
     atomic_write(path, lambda tmp: shutil.copyfile(made, tmp))
     return path

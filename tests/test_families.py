@@ -1,5 +1,5 @@
 """Every torchvision family through build, structured prune + reload, int8 + reload and ONNX parity, on tiny
-inputs (the smallest member of each family). The cheap ones run in `make test-fast`; the rest are slow."""
+inputs (the smallest member of each family). The cheap ones run in `make test`; the rest are slow (`make test-slow`)."""
 
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from compression.pruning import prune_structured
 from compression.quantization import quantize
 from tasks.config import PROJECT_ROOT
 
-# The smallest member of each family; which stages are cheap enough (about a second) for make test-fast.
+# The smallest member of each family; which stages are cheap enough (about a second) for make test.
 FAMILY_ARCHS = {
     "resnet18": {"build"}, "resnext50_32x4d": set(), "wide_resnet50_2": set(), "mobilenet_v2": set(),
     "mobilenet_v3_small": {"build"}, "efficientnet_b0": set(), "efficientnet_v2_s": set(), "regnet_x_400mf": set(),

@@ -9,8 +9,12 @@ from mlflow.tracking import MlflowClient
 from compression.checkpoint import file_sha256
 from compression.data import load_dataset
 
-# The session's smoke pipeline is shared with tests/test_serving.py: one xdist worker runs both.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]
+# `make test`'s integration tests: every stage on a few hundred images, on real Prefect and MLflow. The session's
+# smoke pipeline is shared with tests/test_serving.py, and the whole of both modules runs on one xdist worker:
+# spreading the tests that do not read it over both workers was faster here (119 s against 146 s), but slower
+# with a quarter of the CPU (473 s against 395 s, bench/suite.py): a second Prefect test server, and pipelines
+# that no longer find the smoke pipeline's cached stages.
+pytestmark = pytest.mark.xdist_group("smoke")
 
 STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "quantize", "evaluate", "export",
           "report", "register"]

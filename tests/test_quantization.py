@@ -6,7 +6,7 @@ import torch
 from compression import CompressionError
 from compression.checkpoint import load_model, save_model
 from compression.data import load_dataset
-from compression.export import export_onnx, parity, session
+from compression.export import cached_export, export_onnx, parity, session
 from compression.measure import count_macs, count_nonzero_params, evaluate_classifier
 from compression.models import build_model
 from compression.quantization import quantize, supported_backends
@@ -47,12 +47,16 @@ def test_quantized_accuracy_close_to_float_and_file_round_trips(trained, mode, t
         assert any("quantized" in type(m).__module__ for m in reloaded.modules())
 
 
-def test_onnx_export_agrees_with_pytorch(trained, tmp_path):
+def test_onnx_export_agrees_with_pytorch_and_a_damaged_cached_export_is_made_again(trained, tmp_path):
     model, bundle, _ = trained
     images = next(iter(bundle.batches("test", 300)))[0]
-    path = export_onnx(model, images, tmp_path / "m.onnx")
+    path, reused = cached_export(model, images, tmp_path, "m")
     check = parity(model, session(path), images)  # batch of 300: the batch dimension is dynamic
-    assert check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
+    assert not reused and check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
+    assert cached_export(model, images, tmp_path, "m") == (path, True)
+    path.write_bytes(path.read_bytes()[:4096])  # cut short, as by a full disk or a copy that stopped
+    again, reused = cached_export(model, images, tmp_path, "m")
+    assert again == path and not reused and parity(model, session(path), images)["top1_agreement"] == 1.0
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -91,7 +91,7 @@ def test_read_images_converts_and_resizes(tmp_path, fmnist):
         read_images([str(tmp_path / "broken.png")], channels=1, size=28)
 
 
-# ---------------------------------------------------------------- slow: the smoke champion
+# ---------------------------------------------------------------- the smoke champion
 
 def _smoke_test_split():
     bundle = load_dataset(classes=list(SMOKE_CLASSES), train_per_class=40, val_per_class=20, test_per_class=40,
@@ -147,7 +147,6 @@ def _invoke(url: str, body) -> httpx.Response:
                       timeout=60)
 
 
-@pytest.mark.slow
 def test_scoring_server_answers_with_dataset_labels_names_and_probabilities(served, smoke_run, smoke_store):
     images, labels = _smoke_test_split()
     answer = _invoke(served["url"], {"inputs": images.tolist()})  # uint8 pixels, as a client has them
@@ -165,7 +164,6 @@ def test_scoring_server_answers_with_dataset_labels_names_and_probabilities(serv
     assert [r["label"] for r in as_floats] == [r["label"] for r in rows[:8]]
 
 
-@pytest.mark.slow
 def test_readme_curl_example_as_printed(served):
     result = subprocess.run(served["curl"], shell=True, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -173,7 +171,6 @@ def test_readme_curl_example_as_printed(served):
     assert len(rows) == 2 and {r["name"] for r in rows} <= set(SMOKE_CLASSES.values())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("body, message", [
     ({"inputs": [[1, 2, 3]]}, "got shape [1, 3]"),
     ({"inputs": np.zeros((1, 3, 28, 28)).tolist()}, "got shape [1, 3, 28, 28]"),
@@ -186,7 +183,6 @@ def test_scoring_server_refuses_malformed_requests_in_one_line(served, body, mes
     assert message in error["message"] and "\n" not in error["message"] and "stack_trace" not in error
 
 
-@pytest.mark.slow
 def test_int8_onnx_candidate_is_gated_and_registered(smoke_run, smoke_store):
     client = MlflowClient(smoke_store["tracking.uri"])
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
@@ -200,7 +196,6 @@ def test_int8_onnx_candidate_is_gated_and_registered(smoke_run, smoke_store):
     assert row["onnx_accuracy"] == metrics["quantized_static.onnx.accuracy"]
 
 
-@pytest.mark.slow
 def test_onnxruntime_and_torch_pyfuncs_agree(smoke_run, smoke_store, prefect):
     """The same champion registered for torch (only register runs again): top-1 agreement with the
     onnxruntime version on the test split, and its served accuracy is evaluate's."""
@@ -221,7 +216,6 @@ def test_onnxruntime_and_torch_pyfuncs_agree(smoke_run, smoke_store, prefect):
     assert (eager["label"].to_numpy() == labels).mean() == pytest.approx(row["accuracy"], abs=1e-6)
 
 
-@pytest.mark.slow
 def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store, tmp_path, capsys):
     from cli.main import main
 
@@ -258,7 +252,6 @@ PREDICT_BAD_INPUTS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args, message", PREDICT_BAD_INPUTS)
 def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message, capsys):
     """In this process (each case is answered before Prefect starts); the installed command once, below."""
@@ -272,7 +265,6 @@ def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, mess
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
-@pytest.mark.slow
 def test_predict_bad_input_through_the_installed_command(smoke_run, smoke_store):
     args, message = PREDICT_BAD_INPUTS[0]
     env = {**os.environ, "MLFLOW_TRACKING_URI": smoke_store["tracking.uri"]}
@@ -282,7 +274,6 @@ def test_predict_bad_input_through_the_installed_command(smoke_run, smoke_store)
     assert result.stderr.count("\n") == 1 and message in result.stderr
 
 
-@pytest.mark.slow
 def test_no_mlflow_warning_about_pickling_or_type_hints(smoke_run):
     noisy = [w for w in smoke_run["_warnings"] if re.search(r"pickl|type hint|type_hint", w, re.I)]
     assert not noisy, noisy
