@@ -81,4 +81,4 @@ bench-report: $(STAMP)
 	$(BIN)/python bench/report.py
 
 clean:
-	rm -rf outputs mlflow.db mlruns .prefect .pytest_cache bench/.work
+	rm -rf outputs mlflow.db mlflow.db.lock mlruns .prefect .pytest_cache bench/.work
