@@ -33,20 +33,21 @@ def make_cgroup(fraction: float) -> Path | None:
     cores = os.cpu_count() or 1
     quota = int(PERIOD_US * cores * fraction)
     name = f"shrinkflow-suite-{os.getpid()}"
+    if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        group, limits = CGROUP_V1 / name, {"cpu.cfs_period_us": str(PERIOD_US), "cpu.cfs_quota_us": str(quota)}
+    elif (CGROUP_V2 / "cgroup.controllers").exists():
+        group, limits = CGROUP_V2 / name, {"cpu.max": f"{quota} {PERIOD_US}"}
+    else:
+        say("no cgroup cpu controller here; only the unthrottled run is measured")
+        return None
     try:
-        if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
-            group = CGROUP_V1 / name
-            group.mkdir()
-            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (group / "cpu.cfs_quota_us").write_text(str(quota))
-        elif (CGROUP_V2 / "cgroup.controllers").exists():
-            group = CGROUP_V2 / name
-            group.mkdir()
-            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-        else:
-            return None
+        group.mkdir()
+        for setting, value in limits.items():
+            (group / setting).write_text(value)
     except OSError as exc:
         say(f"no cgroup with a CPU quota here ({exc}); only the unthrottled run is measured")
+        if group.exists():
+            remove_cgroup(group)
         return None
     return group
 
@@ -78,8 +79,10 @@ def remove_cgroup(group: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.25, help="share of this machine's CPU for the slow run")
-    parser.add_argument("--target", default="test", help="the make target to time")
+    parser.add_argument("--target", default="test", choices=("test", "test-slow"), help="the make target to time")
     args = parser.parse_args()
+    if not 0 < args.fraction <= 1:
+        parser.error(f"--fraction must be above 0 and at most 1, got {args.fraction:g}")
     logs = PROJECT_ROOT / "bench" / ".work" / "suite"
     logs.mkdir(parents=True, exist_ok=True)
     say(f"make {args.target}, unthrottled")
