@@ -1,4 +1,4 @@
-"""`shrinkflow` command line: run, search, predict, reproduce, compare, demo.
+"""`shrinkflow` command line: run, search, predict, reproduce, compare, node, demo.
 
 Bad input ends with one line on stderr and exit code 2; a failed run or a bug with one line, the path of
 the log file that holds the traceback, and exit code 1. Progress and results go to stdout (cli/console.py).
@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
 def cmd_search(args) -> int:
     from flows.search import search
     from tasks.config import load_config, parse_set_options
-    from tasks.preflight import check_dask, preflight
+    from tasks.preflight import check_dask, check_search_cluster, preflight
     from tasks.search import check_constructible
 
     overrides = parse_set_options(args.set or [])
@@ -78,6 +78,7 @@ def cmd_search(args) -> int:
         overrides["search.dask_address"] = args.dask_address
     cfg = load_config(args.config, overrides)
     preflight(cfg)
+    check_search_cluster(cfg)
     check_constructible(cfg)
     check_dask(cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS"))
     result = search(config=args.config, overrides=overrides)
@@ -102,13 +103,35 @@ def cmd_predict(args) -> int:
     check_tracking(store)
     registered_version(args.model, store)
     result = predict(model=args.model, images=args.images, config=args.config, overrides=overrides,
-                     experiment=args.experiment, tracking_uri=args.tracking_uri, output=args.output)
+                     experiment=args.experiment, tracking_uri=args.tracking_uri, output=args.output,
+                     bad_images=args.bad_images)
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
     version = f" version {result['model_version']}" if result["model_version"] else ""
-    print(f"{args.model}{version} on {result['runtime']}: {result['images']} images -> {result['csv']}")
+    skipped = f" ({result['skipped']} unreadable skipped)" if result.get("skipped") else ""
+    print(f"{args.model}{version} on {result['runtime']}: {result['images']} images{skipped} -> {result['csv']}")
     print("predicted: " + ", ".join(f"{name} {count}" for name, count in result["counts"].items()))
     if result["accuracy"] is not None:
         print(f"accuracy: {result['accuracy']:.4f}")
+    return 0
+
+
+def cmd_node(args) -> int:
+    from pydantic import ValidationError
+
+    from tasks.config import ConfigError, DistributedConfig, format_validation_error
+    from tasks.distributed import follow
+    from tasks.preflight import check_training_processes
+
+    try:
+        settings = DistributedConfig(processes_per_node=args.nproc_per_node, nodes=args.nnodes, backend=args.backend,
+                                     rdzv_endpoint=args.rdzv_endpoint, timeout_seconds=args.timeout)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "shrinkflow node")) from None
+    check_training_processes(settings, "--nproc-per-node")
+    print(f"joining the distributed stages at {args.rdzv_endpoint} with {args.nproc_per_node} process(es)"
+          f"{' (one job)' if args.once else '; Ctrl-C stops'}", flush=True)
+    joined = follow(settings, once=args.once)
+    print(f"joined {joined} job(s)")
     return 0
 
 
@@ -321,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--experiment", default="shrinkflow-predictions")
     pred.add_argument("--tracking-uri", help="MLflow store of the model registry (default as for run)")
     pred.add_argument("--output", help="CSV path (default outputs/predictions/<run-id>/predictions.csv)")
+    pred.add_argument("--bad-images", choices=["skip", "fail"], default="skip",
+                      help="an image file that cannot be read: left out and counted (skip), or exit 2 (fail); "
+                           "with --config its data.bad_images decides")
     pred.set_defaults(func=cmd_predict)
     cmp_ = sub.add_parser("compare", help="table of the pipeline runs of an experiment")
     cmp_.add_argument("--experiment", default="shrinkflow")
@@ -328,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--csv", help="write the table to this CSV file instead of printing it")
     cmp_.add_argument("--search", metavar="RUN_ID", help="the trials of this search run instead")
     cmp_.set_defaults(func=cmd_compare)
+    node = sub.add_parser("node", help="another machine's training processes for a pipeline's distributed stages")
+    node.add_argument("--rdzv-endpoint", required=True, metavar="HOST:PORT",
+                      help="the pipeline's distributed.rdzv_endpoint")
+    node.add_argument("--nnodes", type=int, required=True, help="machines in all (the pipeline's distributed.nodes)")
+    node.add_argument("--nproc-per-node", type=int, default=1, help="training processes on this machine")
+    node.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    node.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the other processes")
+    node.add_argument("--once", action="store_true", help="join the next job only, then exit")
+    node.set_defaults(func=cmd_node)
     demo = sub.add_parser("demo", help="pretrain, then compress: the quickstart")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -1,7 +1,11 @@
-"""Datasets held as in-memory uint8 tensors, with a fast batch iterator.
+"""Datasets behind one interface: small ones (Fashion-MNIST, CIFAR-10) held as in-memory uint8 tensors with a
+vectorised batch iterator, image folders of any size streamed from their files (compression/loader.py).
 
 torchvision's FashionMNIST converts every sample to PIL in __getitem__; slicing one uint8 tensor is many
-times faster on CPU and keeps the whole pipeline fork-free (no DataLoader workers).
+times faster on CPU and needs no worker processes. An image folder is listed into a manifest and decoded by
+DataLoader workers batch by batch, so its memory does not grow with its size. Every stage, the search and
+predict use either through DataBundle (`batches`, `pixel_batches`, `in_channels`, `input_size`) without
+knowing which.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import numpy as np
 import torch
 
 from compression import CompressionError
+from compression.images import ImageTransform, decode
+from compression.loader import (SINGLE, FolderBatches, FolderSplit, Shard, default_workers, epoch_order, global_batches,
+                                shard_positions)
+from compression.manifest import Manifest, scan
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -58,6 +66,9 @@ class Split:
     def subset(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index], self.classes)
 
+    def relabel(self, labels: torch.Tensor, classes: list[str]) -> Split:
+        return Split(self.images, labels, classes)
+
     def digest(self) -> str:
         """Content hash of the split: same pixels, labels and class names give the same digest."""
         h = hashlib.sha256()
@@ -77,41 +88,82 @@ class Split:
         return Split(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]), self.classes)
 
 
+AnySplit = Split | FolderSplit
+
+
 @dataclass
 class DataBundle:
-    """Train/val/test splits of one task plus the normalisation every model trained on it uses."""
+    """Train/val/test splits of one task plus the normalisation every model trained on it uses.
+
+    In-memory splits (Split) or streamed ones (FolderSplit, with `transform`, `workers` and `bad_images`
+    saying how their files are read)."""
 
     name: str
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
     # Training images beyond the label budget, labels hidden (-1); only distillation uses them.
-    unlabeled: Split | None = None
+    unlabeled: AnySplit | None = None
     digests: dict[str, str] = field(default_factory=dict)
+    transform: ImageTransform | None = None
+    workers: int = 0
+    bad_images: str = "skip"
+    settings: dict = field(default_factory=dict)  # load_dataset's arguments: another process loads the same data
 
     @property
     def classes(self) -> list[str]:
         return self.train.classes
 
     @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, FolderSplit)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.train.manifest if self.streamed else None
+
+    @property
     def in_channels(self) -> int:
+        if self.streamed:
+            return 1 if self.transform.mode == "L" else 3
         return self.train.images.shape[1]
 
     @property
     def input_size(self) -> int:
-        return self.train.images.shape[-1]
+        return self.transform.size if self.streamed else self.train.images.shape[-1]
+
+    def eval_transform(self) -> dict | None:
+        """What a model file records so that predict and serving read image files as evaluation does."""
+        transform = self.transform or ImageTransform.for_input(self.input_size, "small")
+        return {**transform.describe(), "mode": "L" if self.in_channels == 1 else "RGB"}
+
+    def model_meta(self) -> dict:
+        """What every model file trained on this data records for inference: the classes, the normalisation
+        and the evaluation transform of image files."""
+        return {"classes": self.classes, "mean": list(self.mean), "std": list(self.std),
+                "transform": self.eval_transform()}
 
     def batches(self, split: str, batch_size: int, train: bool = False, augment: bool = False, seed: int = 0,
-                channels: int | None = None) -> Batches:
-        """Batches of one split: shuffled (and optionally augmented) when `train`, in order otherwise."""
-        return Batches(getattr(self, split), batch_size, self.mean, self.std, shuffle=train,
-                       augment=augment and train, seed=seed, drop_last=train, channels=channels)
+                channels: int | None = None, shard: Shard = SINGLE, normalize: bool = True) -> Batches | FolderBatches:
+        """Batches of one split: shuffled (and optionally augmented) when `train`, in order otherwise; with a
+        `shard`, this process's slice of every global batch of `batch_size`."""
+        part = self.transfer if split == "transfer" else getattr(self, split)
+        common = dict(shuffle=train, augment=augment and train, seed=seed, drop_last=train, channels=channels,
+                      shard=shard, normalize=normalize)
+        if isinstance(part, FolderSplit):
+            return FolderBatches(part, batch_size, self.mean, self.std, self.transform, workers=self.workers,
+                                 bad_images=self.bad_images, **common)
+        return Batches(part, batch_size, self.mean, self.std, **common)
+
+    def pixel_batches(self, split: str, batch_size: int = 256):
+        """(uint8 [B, C, H, W], labels) of a split in order, as a client sends them: evaluation-sized pixels."""
+        yield from self.batches(split, batch_size, normalize=False)
 
     @property
-    def transfer(self) -> Split:
+    def transfer(self) -> AnySplit:
         """What a KD student learns from: the labelled training set plus the unlabeled images."""
         return self.train.concat(self.unlabeled) if self.unlabeled is not None else self.train
 
@@ -222,48 +274,32 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[Split, Split, str]:
     return splits[0], splits[1], str(folder)
 
 
-def fit_image(img, size: int, mode: str = "RGB") -> torch.Tensor:
-    """uint8 [channels, size, size] of a PIL image: converted to `mode` ("L" or "RGB"), its short side resized
-    to `size` (bilinear, antialiased), centre-cropped. Training on an image folder and predicting on image
-    files both read images through this, so that a model sees the same pixels in both."""
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-    return center_crop(resize(pil_to_tensor(img.convert(mode)), size, antialias=True), [size, size])
+def _whole(manifest: Manifest) -> FolderSplit:
+    return FolderSplit(manifest, np.arange(len(manifest), dtype=np.int64),
+                       torch.from_numpy(manifest.labels.astype(np.int64)), list(manifest.classes))
 
 
-def _read_folder(root: Path, size: int, classes: list[str] | None = None) -> Split:
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
+def load_image_folder(root: str | os.PathLike, bad_images: str = "skip", manifests: dict[str, Manifest] | None = None
+                      ) -> tuple[FolderSplit, FolderSplit | None, str]:
+    """Images in torchvision's ImageFolder layout (root/<class>/<image>), listed into a manifest, not decoded.
 
-    folder = ImageFolder(str(root))
-    if classes is not None and folder.classes != classes:
-        raise CompressionError(f"{root} has classes {folder.classes}, expected {classes}")
-    if len(folder.classes) < 2:
-        raise CompressionError(f"image folder {root} has {len(folder.classes)} class folder(s); at least 2 are needed")
-    images = []
-    for path, _ in folder.samples:
-        with Image.open(path) as img:
-            images.append(fit_image(img, size))
-    labels = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
-    return Split(torch.stack(images), labels, list(folder.classes))
-
-
-def load_image_folder(root: str | os.PathLike, size: int) -> tuple[Split, Split | None, str]:
-    """Images in torchvision's ImageFolder layout (root/<class>/<image>), resized to size x size RGB.
-
-    With root/train and root/test (or root/val) the test split is read too; otherwise it is None and the
-    caller carves one out of the training images.
+    With root/train and root/test (or root/val) the test split is listed too; otherwise it is None and the
+    caller carves one out of the training images. `manifests` ("train", optionally "test"): listings made
+    before (by the data stage), used instead of listing the folder again.
     """
     root = Path(root)
     if not root.is_dir():
         raise CompressionError(f"image folder {root} does not exist")
-    if (root / "train").is_dir():
-        train = _read_folder(root / "train", size)
-        for name in ("test", "val"):
-            if (root / name).is_dir():
-                return train, _read_folder(root / name, size, train.classes), str(root)
-        return train, None, str(root)
-    return _read_folder(root, size), None, str(root)
+    if manifests:
+        train = _whole(manifests["train"])
+        return train, _whole(manifests["test"]) if "test" in manifests else None, str(root)
+    if not (root / "train").is_dir():
+        return _whole(scan(root, bad_images=bad_images)), None, str(root)
+    train = _whole(scan(root / "train", bad_images=bad_images))
+    for name in ("test", "val"):
+        if (root / name).is_dir():
+            return train, _whole(scan(root / name, train.classes, bad_images)), str(root)
+    return train, None, str(root)
 
 
 # ---------------------------------------------------------------- selection and splitting
@@ -280,8 +316,8 @@ def select_classes(split: Split, classes: list[int]) -> Split:
     lookup = torch.full((len(split.classes),), -1, dtype=torch.int64)
     lookup[torch.tensor(classes)] = torch.arange(len(classes))
     new_labels = lookup[split.labels]
-    keep = new_labels >= 0
-    return Split(split.images[keep], new_labels[keep], [split.classes[c] for c in classes])
+    keep = (new_labels >= 0).nonzero().squeeze(1)
+    return split.subset(keep).relabel(new_labels[keep], [split.classes[c] for c in classes])
 
 
 def _per_class_order(split: Split, seed: int) -> list[torch.Tensor]:
@@ -316,6 +352,27 @@ def split_per_class(split: Split, held_out_per_class: int, seed: int) -> tuple[S
     return split.subset(rest), split.subset(held)
 
 
+def _official_splits(name: str, data_dir: str | None, download: bool, bad_images: str,
+                     manifests: dict[str, Manifest] | None, seed: int):
+    """(train, test, source, normalisation) of a dataset as it ships; an image folder without a test folder
+    gets a seeded, stratified fifth of each class (at least one image) as its test split."""
+    if name == "fashion-mnist":
+        return *load_fashion_mnist(data_dir, download), NORMALIZATION["fashion-mnist"]
+    if name == "cifar10":
+        if data_dir is None:
+            raise CompressionError("cifar10 needs data.data_dir (the folder holding cifar-10-batches-py)")
+        return *load_cifar10(data_dir), NORMALIZATION["cifar10"]
+    if name == "image-folder":
+        if data_dir is None:
+            raise CompressionError("image-folder needs data.data_dir (root/<class>/<image> layout)")
+        train, test, source = load_image_folder(data_dir, bad_images, manifests)
+        if test is None:
+            smallest = min(train.class_counts())
+            train, test = split_per_class(train, max(1, smallest // 5), seed + 1)
+        return train, test, source, NORMALIZATION["imagenet"]
+    raise CompressionError(f"unknown dataset {name!r}; choose fashion-mnist, cifar10 or image-folder")
+
+
 def load_dataset(
     name: str = "fashion-mnist",
     data_dir: str | None = None,
@@ -327,31 +384,23 @@ def load_dataset(
     image_size: int = 64,
     download: bool = True,
     seed: int = 0,
+    transform: str = "auto",
+    resize_size: int | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    hflip: bool = True,
+    loader_workers: int | None = None,
+    bad_images: str = "skip",
+    manifests: dict[str, Manifest] | None = None,
 ) -> DataBundle:
     """Load a dataset and cut it into train/val/test for one task.
 
     Validation samples come out of the official training split (stratified, seeded) before the
     training set is capped to `train_per_class` (the label budget); up to `unlabeled_per_class` further
     training images per class become the unlabeled transfer set. Test is the official test split.
+    An image folder is streamed at `image_size` with the `transform` family (images.ImageTransform).
     """
-    if name == "fashion-mnist":
-        train, test, source = load_fashion_mnist(data_dir, download)
-        norm = NORMALIZATION["fashion-mnist"]
-    elif name == "cifar10":
-        if data_dir is None:
-            raise CompressionError("cifar10 needs data.data_dir (the folder holding cifar-10-batches-py)")
-        train, test, source = load_cifar10(data_dir)
-        norm = NORMALIZATION["cifar10"]
-    elif name == "image-folder":
-        if data_dir is None:
-            raise CompressionError("image-folder needs data.data_dir (root/<class>/<image> layout)")
-        train, test, source = load_image_folder(data_dir, image_size)
-        if test is None:
-            smallest = min(train.class_counts())
-            train, test = split_per_class(train, max(1, smallest // 5), seed + 1)
-        norm = NORMALIZATION["imagenet"]
-    else:
-        raise CompressionError(f"unknown dataset {name!r}; choose fashion-mnist, cifar10 or image-folder")
+    settings = {k: v for k, v in locals().items() if k != "manifests"}
+    train, test, source, norm = _official_splits(name, data_dir, download, bad_images, manifests, seed)
     if classes is not None:
         train, test = select_classes(train, classes), select_classes(test, classes)
     train, val = split_per_class(train, val_per_class, seed)
@@ -360,16 +409,13 @@ def load_dataset(
         if train_per_class is None:
             raise CompressionError("unlabeled_per_class needs a label budget (train_per_class)")
         unlabeled = cap_per_class(train, unlabeled_per_class, seed, skip=train_per_class).without_labels()
+    streamed = isinstance(train, FolderSplit)
     bundle = DataBundle(
-        name=name,
-        train=cap_per_class(train, train_per_class, seed),
-        unlabeled=unlabeled,
-        val=val,
-        test=cap_per_class(test, test_per_class, seed),
-        mean=norm[0],
-        std=norm[1],
-        source=source,
-    )
+        name=name, train=cap_per_class(train, train_per_class, seed), unlabeled=unlabeled, val=val,
+        test=cap_per_class(test, test_per_class, seed), mean=norm[0], std=norm[1], source=source,
+        transform=ImageTransform.for_input(image_size, transform, resize_size, crop_scale, hflip) if streamed else None,
+        workers=default_workers() if loader_workers is None else loader_workers, bad_images=bad_images,
+        settings=settings)
     bundle.compute_digests()
     return bundle
 
@@ -407,20 +453,26 @@ class Batches:
     """Iterates (x, y) float batches from an in-memory Split.
 
     Shuffling uses a generator seeded from (seed, epoch), so epoch e yields the same batches whether or not
-    training was resumed before it. Augmentation (random crop with padding, horizontal flip) is vectorised.
+    training was resumed before it. Augmentation (random crop with padding, horizontal flip) is vectorised
+    over the global batch and drawn from the same generator; with a `shard` each training process computes
+    the global batch and keeps its slice, so the samples and their augmentation do not depend on how many
+    processes train (small images: the repeated work is cheap next to a training step).
     """
 
     def __init__(self, split: Split, batch_size: int, mean, std, shuffle: bool = False, augment: bool = False,
-                 seed: int = 0, drop_last: bool = False, channels: int | None = None) -> None:
+                 seed: int = 0, drop_last: bool = False, channels: int | None = None, shard: Shard = SINGLE,
+                 normalize: bool = True) -> None:
         if batch_size < 1:
             raise CompressionError(f"batch_size must be >= 1, got {batch_size}")
         self.split = split
-        self.batch_size = batch_size
+        self.global_batch, self.batch_size = batch_size, shard.batch_size(batch_size)
         self.shuffle = shuffle
         self.augment = augment
         self.seed = seed
+        self.shard, self.normalized = shard, normalize
         self.drop_last = drop_last and len(split) > batch_size
         self.epoch = 0
+        self.device = torch.device("cpu")
         c = split.images.shape[1]
         self.channels = channels or c
         if self.channels != c and c != 1:
@@ -431,8 +483,7 @@ class Batches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return global_batches(len(self.split), self.global_batch, self.drop_last)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -449,13 +500,23 @@ class Batches:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return to_model_input(images, self.mean, self.std, self.channels)
 
+    def _global_batch(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        x = self.normalize(self.split.images[idx])
+        return self._augment(x, g) if self.augment else x
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.split)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order, g = epoch_order(n, self.shuffle, self.seed, self.epoch)
+        whole = SINGLE if self.augment else self.shard  # augmented: the global batch is drawn whole, then sliced
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.normalize(self.split.images[idx])
-            if self.augment:
-                x = self._augment(x, g)
-            yield x, self.split.labels[idx]
+            start, stop = i * self.global_batch, min((i + 1) * self.global_batch, n)
+            idx = shard_positions(order, start, stop, whole)
+            if not self.normalized:
+                yield self.split.images[idx], self.split.labels[idx]
+                continue
+            x, y = self._global_batch(idx, g), self.split.labels[idx]
+            if whole is not self.shard:
+                mine = shard_positions(torch.arange(len(idx)), 0, len(idx), self.shard)
+                x, y = x[mine], y[mine]
+            if len(y):
+                yield x.to(self.device), y.to(self.device)

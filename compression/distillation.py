@@ -34,13 +34,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
 
 
 def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9) -> LossFn:
-    """A loss for `training.fit` that distils `teacher` (eval mode, no gradients) into the trained model."""
+    """A loss for `training.fit` that distils `teacher` (eval mode, no gradients) into the trained model. The
+    teacher runs plainly in every training process (never wrapped in DDP: it has nothing to train)."""
     check_kd_settings(temperature, alpha)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
 
     def loss_fn(student, x, y):
+        if next(teacher.parameters(), x).device != x.device:  # trained on a GPU: the teacher goes along, once
+            teacher.to(x.device)
         with torch.no_grad():
             teacher_logits = teacher(x)
         logits = student(x)

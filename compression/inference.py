@@ -15,8 +15,9 @@ import torch
 
 from compression import CompressionError
 from compression.checkpoint import model_from_payload, read_model_file
-from compression.data import fit_image, to_model_input
+from compression.data import to_model_input
 from compression.export import run_onnx, session
+from compression.images import IMAGE_SUFFIXES, BadImage, ImageTransform, decode
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -79,6 +80,9 @@ class Predictor:
             raise CompressionError(f"{len(self.labels)} labels for a model with {len(self.names)} classes")
         self.mean, self.std = meta["mean"], meta["std"]
         self.channels, self.size = spec["in_channels"], spec["input_size"]
+        # Image files are read as evaluation read them (the transform the model file recorded).
+        self.transform = ImageTransform.from_record(meta.get("transform"), self.size,
+                                                    "L" if self.channels == 1 else "RGB")
         self.runtime = runtime
         if runtime == "onnxruntime":
             self.session, self.model = session(onnx, threads), None
@@ -107,9 +111,6 @@ class Predictor:
 
 # ---------------------------------------------------------------- image files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
 def image_files(root: str | os.PathLike) -> list[tuple[str, str | None]]:
     """(path, class folder) of every image under `root`: ImageFolder layout (root/<class>/<image>, the
     folder names the class) or flat (root/<image>, class None). Sorted, so output rows are stable."""
@@ -125,22 +126,27 @@ def image_files(root: str | os.PathLike) -> list[tuple[str, str | None]]:
     return found
 
 
-def read_images(paths: Sequence[str], channels: int, size: int) -> np.ndarray:
-    """uint8 [N, channels, size, size]: each image converted to grey or RGB and fitted to size x size as
-    training on an image folder does (data.fit_image: short side resized, centre-cropped)."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
+def read_images(paths: Sequence[str], transform: ImageTransform, channels: int,
+                bad_images: str = "fail") -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(uint8 [N, channels, size, size], (position, why) of each unusable file left out): each image read with the
+    model's evaluation transform (for the reference presets: short side resized to `resize`, centre crop).
+    A file that is not a usable image (unreadable, truncated, larger than PIL's decompression-bomb limit) is
+    bad input under `bad_images` fail, and left out (its row missing from the pixels) under skip."""
+    if channels not in (1, 3):
         raise CompressionError(f"models with {channels} input channels cannot read image files")
-    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    out = np.empty((len(paths), channels, transform.size, transform.size), dtype=np.uint8)
+    kept, bad = 0, []
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
-                out[i] = fit_image(img, size, mode).numpy()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CompressionError(f"cannot read image {path}: {type(exc).__name__}") from None
-    return out
+            pixels = decode(path, transform)
+        except BadImage as exc:
+            if bad_images == "fail":
+                raise CompressionError(f"cannot read image {exc}") from None
+            bad.append((i, str(exc)))
+            continue
+        out[kept] = pixels if len(pixels) == channels else np.repeat(pixels, channels, axis=0)
+        kept += 1
+    return out[:kept], bad
 
 
 def true_labels(folders: Sequence[str | None], labels: Sequence[int], names: Sequence[str]) -> list[int | None]:

@@ -22,6 +22,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int | None = None
     augment: bool = False
+    freeze_norm: bool = False  # BatchNorm keeps its running statistics and normalises with them while training
     seed: int = 0
     device: str = "auto"
     amp: bool = True

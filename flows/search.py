@@ -14,6 +14,7 @@ import logging
 import os
 from contextlib import contextmanager
 
+import dask
 import torch
 from prefect import flow, get_client, task
 from prefect.futures import as_completed
@@ -28,7 +29,7 @@ from tasks.data import load_data
 from tasks.distill import distill
 from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
-from tasks.preflight import check_dask
+from tasks.preflight import check_dask, check_search_cluster
 from tasks.prune import prune
 from tasks.quantize import quantize
 from tasks.search import (check_constructible, failed_outcome, finished, measure_trial, plan_search, record,
@@ -125,6 +126,9 @@ def dask_runner(cfg: PipelineConfig) -> DaskTaskRunner:
     if address:
         check_dask(address)
         return DaskTaskRunner(address=address)
+    # Non-daemonic worker processes: a trial on an image folder starts DataLoader workers, which a daemonic
+    # process may not (dask/distributed 2142). Read by the nannies when they start the worker processes.
+    dask.config.set({"distributed.worker.daemon": False})
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.search.parallel, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None})
 
@@ -155,7 +159,8 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
 
 
 def run_search(cfg: PipelineConfig) -> dict:
-    check_constructible(cfg)  # a deployment run's settings: refused before any MLflow run
+    check_search_cluster(cfg)  # a deployment run's settings: refused before any MLflow run
+    check_constructible(cfg)
     with tracked_pipeline(cfg, "search") as run:
         data = run(load_data)
         teacher = run(fetch_pretrained, data=data)

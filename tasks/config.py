@@ -44,9 +44,38 @@ class DataConfig(Section):
     unlabeled_per_class: int = Field(0, ge=0, description="further training images, labels hidden, for KD only")
     val_per_class: int = Field(100, ge=1)
     test_per_class: int | None = Field(None, ge=1)
-    image_size: int = Field(64, ge=8, description="image-folder only: images are resized to this")
+    image_size: int = Field(224, ge=8, description="image-folder only: the model's input size (the crop)")
+    transform: Literal["auto", "reference", "small"] = Field(
+        "auto", description="image-folder only: reference (torchvision's presets: RandomResizedCrop + flip, "
+                            "resize + centre crop) or small (centre fit, 2-pixel shifted crop + flip); auto: "
+                            "reference from 64 px up")
+    resize_size: int | None = Field(None, ge=8, description="evaluation resize of the short side before the centre "
+                                                            "crop; default image_size / 0.875 (reference) or image_size (small)")
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="reference training crop: share of the image area")
+    hflip: bool = Field(True, description="random horizontal flips in training")
+    loader_workers: int | None = Field(None, ge=0, description="image-folder only: DataLoader worker processes "
+                                                               "decoding images; default one per core, at most 8")
+    bad_images: Literal["skip", "fail"] = Field("skip", description="an image file that cannot be read: left out "
+                                                                    "(counted, named in a warning) or bad input")
     download: bool = True
     eval_batch_size: int = Field(256, ge=1)
+
+    # How images are read in parallel changes no result: no cache key holds it.
+    RUN_ONLY: ClassVar[set] = {"loader_workers"}
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale(cls, value):
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale {list(value)} must satisfy 0 < low <= high <= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _resize(self):
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(f"resize_size {self.resize_size} is smaller than image_size {self.image_size}")
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -204,6 +233,43 @@ class RegisterConfig(Section):
                                    "usable ONNX export (export.onnx), else torch")
 
 
+ENDPOINT_PATTERN = re.compile(r"^[\w.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+
+
+class DistributedConfig(Section):
+    """Data-parallel training (torch DDP) of fine-tune, distillation and the prune stage's recovery: the
+    stage's task starts the processes with torch's launcher and waits for them."""
+
+    processes_per_node: int = Field(1, ge=1, description="training processes on each machine: on CPU at most one "
+                                                         "per core, on CUDA one per GPU")
+    nodes: int = Field(1, ge=1, description="machines; each one but the pipeline's runs `shrinkflow node`")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl when training on CUDA, else gloo")
+    rdzv_endpoint: str | None = Field(None, description="host:port where the machines meet (nodes > 1); the "
+                                                        "pipeline's machine hosts it")
+    timeout_seconds: float = Field(1800.0, gt=0, description="how long processes wait for each other")
+
+    # Where and how the processes meet changes no result; how many train does (BatchNorm sees each process's
+    # share of a batch), so the counts stay in the stages' cache keys.
+    RUN_ONLY: ClassVar[set] = {"backend", "rdzv_endpoint", "timeout_seconds"}
+
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_node * self.nodes
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _endpoint(cls, value):
+        if value is not None and not ENDPOINT_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _nodes(self):
+        if self.nodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nodes > 1 needs rdzv_endpoint (host:port of the pipeline's machine)")
+        return self
+
+
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project")
     experiment: str = "shrinkflow"
@@ -313,6 +379,7 @@ class PipelineConfig(Section):
     register: RegisterConfig = RegisterConfig()
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig = SearchConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _search_space_values(self):
@@ -353,7 +420,8 @@ class PipelineConfig(Section):
             if name == "source":
                 out[name] = self.source
             else:
-                exclude = SearchConfig.RUN_ONLY if name == "search" else None
+                exclude = {"search": SearchConfig.RUN_ONLY, "data": DataConfig.RUN_ONLY,
+                           "distributed": DistributedConfig.RUN_ONLY}.get(name)
                 out[name] = json.loads(getattr(self, name).model_dump_json(exclude=exclude))
         return out
 
@@ -401,7 +469,7 @@ def parse_set_options(items: list[str]) -> dict:
     return overrides
 
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
+def format_validation_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
@@ -441,4 +509,4 @@ def config_from_dict(raw: dict, origin: str = "config") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, origin)) from None
+        raise ConfigError(format_validation_error(err, origin)) from None

@@ -9,7 +9,7 @@ import logging
 
 from torch import nn
 
-from compression.distillation import distillation_loss
+from compression.fit_plan import FitPlan
 from compression.models import build_model, count_params
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
@@ -40,7 +40,7 @@ def _student_origin(student_arch: str | None, trimmed: bool) -> str:
     return "trimming is off and distill.student is not set"
 
 
-@stage_task("distill", sections=("distill",))
+@stage_task("distill", sections=("distill", "distributed"))
 def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, student: dict | None = None) -> dict:
     bundle = get_bundle(cfg, data)
     settings = cfg.distill
@@ -52,14 +52,15 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, s
         init = load(student or teacher)
     warn_if_not_smaller(run, teacher_model, init, _student_origin(settings.student, student is not None))
     kd_student = copy.deepcopy(init)
+    plan = FitPlan(loss="kd", temperature=settings.temperature, alpha=settings.alpha)
     kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill", split="transfer",
-                    loss_fn=distillation_loss(teacher_model, settings.temperature, settings.alpha))
+                    plan=plan, teacher=teacher, distributed=cfg.distributed)
     histories = {"KD student": kd.history}
     result = {"kd": save_candidate(run, kd_student, workdir, "student_kd", bundle, val_acc=kd.best_val_acc)}
     if settings.baseline:
         plain_student = copy.deepcopy(init)
         plain = fit_logged(run, plain_student, bundle, settings.train, workdir / "checkpoints-baseline",
-                           "distill-baseline", prefix="baseline.")
+                           "distill-baseline", prefix="baseline.", distributed=cfg.distributed)
         histories["student without KD"] = plain.history
         result["baseline"] = save_candidate(run, plain_student, workdir, "student_plain", bundle,
                                             val_acc=plain.best_val_acc)

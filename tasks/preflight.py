@@ -7,6 +7,7 @@ deployment run with a bad parameter fails at once with that line as its message.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from compression import CompressionError
 from compression.models import check_stages, list_architectures
 from compression.quantization import check_backend as check_quantize_backend
 from compression.trimming import check_trimmable_arch
-from tasks.config import ConfigError, PipelineConfig
+from tasks.config import ConfigError, DistributedConfig, PipelineConfig
 from tasks.tracking import check_tracking, default_tracking_uri
 
 
@@ -41,6 +42,7 @@ def preflight(cfg: PipelineConfig) -> str:
             check_quantize_backend(cfg.quantize.backend)
         except CompressionError as exc:
             raise ConfigError(f"quantize.backend: {exc}") from None
+    check_training_processes(cfg.distributed)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
     ensure_writable(cfg.resolve(cfg.output_dir))
@@ -52,6 +54,33 @@ def preflight(cfg: PipelineConfig) -> str:
         if not path.is_file():
             raise CompressionError(f"model file {path} does not exist")
     return tracking_uri
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_training_processes(settings: DistributedConfig, field: str = "distributed.processes_per_node") -> None:
+    """Training processes need a core each on CPU and a GPU each on CUDA: more than this machine has is bad
+    input (exit 2), before any work. (Loader workers beyond the cores are capped with a warning instead:
+    tasks/data.py.)"""
+    cores, count = os.cpu_count() or 1, settings.processes_per_node
+    backend = settings.backend if settings.backend != "auto" else ("nccl" if _gpus() else "gloo")
+    if backend == "nccl" and count > _gpus():
+        raise ConfigError(f"{field}: {count} processes on NCCL need a GPU each; this machine has {_gpus()}")
+    if backend == "gloo" and count > cores:
+        raise ConfigError(f"{field}: {count} training processes on CPU need a core each; this machine has {cores}")
+
+
+def check_search_cluster(cfg: PipelineConfig) -> None:
+    """A search's local Dask cluster starts one worker process per trial at once: at most one per core."""
+    cores = os.cpu_count() or 1
+    local_cluster = cfg.search.dask_address is None and not os.environ.get("SHRINKFLOW_DASK_ADDRESS")
+    if local_cluster and cfg.search.parallel > cores:
+        raise ConfigError(f"search.parallel: {cfg.search.parallel} trials at once would start that many worker "
+                          f"processes; this machine has {cores} cores (use search.dask_address for a larger cluster)")
 
 
 def planned_stages(cfg: PipelineConfig) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from compression.distillation import distillation_loss
+from compression.fit_plan import FitPlan
 from compression.models import count_params, example_input, input_channels
 from compression.pruning import prune_structured, prune_unstructured
 from compression.training import seed_everything
@@ -15,7 +15,7 @@ from tasks.stage import stage_task
 from tasks.training import fit_logged, load, log_curves, save_candidate
 
 
-@stage_task("prune", sections=("prune", "distill"))
+@stage_task("prune", sections=("prune", "distill", "distributed"))
 def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, teacher: dict) -> dict:
     bundle = get_bundle(cfg, data)
     settings = cfg.prune
@@ -23,9 +23,7 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
     seed_everything(cfg.seed)
     channels = input_channels(model)
     example = example_input(model, size=bundle.input_size)
-    loss_fn = None
-    if settings.kd:
-        loss_fn = distillation_loss(load(teacher), cfg.distill.temperature, cfg.distill.alpha)
+    plan = FitPlan(loss="kd", temperature=cfg.distill.temperature, alpha=cfg.distill.alpha) if settings.kd else FitPlan()
     result = {}
 
     if settings.method in ("structured", "both"):
@@ -37,7 +35,8 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
             if settings.train.epochs:
                 fit_result = fit_logged(run, pruned, bundle, settings.train, workdir / f"checkpoints-step{step + 1}",
                                         f"prune step {step + 1}/{settings.iterative_steps}", prefix=f"step{step + 1}.",
-                                        loss_fn=loss_fn, split="transfer" if loss_fn else "train")
+                                        plan=plan, teacher=teacher if settings.kd else None,
+                                        split="transfer" if settings.kd else "train", distributed=cfg.distributed)
                 histories[f"after step {step + 1}"] = fit_result.history
 
         gradient_batches = None

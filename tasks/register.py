@@ -15,6 +15,7 @@ that created a later one always sees the earlier one and deletes its own).
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import mlflow
@@ -61,18 +62,23 @@ def _versions_of(client, name: str, sha: str, runtime: str) -> list:
     return sorted(found, key=lambda v: int(v.version))
 
 
-def _test_images(cfg: PipelineConfig, data: dict, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """The test split as a client sends it: uint8 pixels, with the dataset's own labels."""
+def _test_batches(cfg: PipelineConfig, data: dict, channels: int):
+    """The test split as a client sends it, 512 images at a time: uint8 pixels (read with the evaluation
+    transform), with the dataset's own labels."""
     bundle = get_bundle(cfg, data)
-    images = (to_model_input(bundle.test.images, channels=channels) * 255).round().to(torch.uint8)
-    labels = np.asarray(dataset_labels(cfg, bundle.classes))[bundle.test.labels.numpy()]
-    return images.numpy(), labels
+    ids = np.asarray(dataset_labels(cfg, bundle.classes))
+    for images, labels in bundle.pixel_batches("test", 512):
+        images = (to_model_input(images, channels=channels) * 255).round().to(torch.uint8)
+        yield images.numpy(), ids[labels.numpy()]
 
 
-def _reloaded_accuracy(uri: str, images: np.ndarray, labels: np.ndarray) -> float:
+def _reloaded_accuracy(uri: str, batches) -> float:
     loaded = load_pyfunc(uri)
-    predictions = pd.concat([loaded.predict(images[i:i + 512]) for i in range(0, len(images), 512)])
-    return float((predictions["label"].to_numpy() == labels).mean())
+    correct = seen = 0
+    for images, labels in batches:
+        correct += int((loaded.predict(images)["label"].to_numpy() == labels).sum())
+        seen += len(labels)
+    return correct / max(seen, 1)
 
 
 def pyfunc_arguments(checkpoint: str, onnx: str | None, runtime: str, labels: list[int], threads: int,
@@ -101,10 +107,10 @@ def _create_version(cfg: PipelineConfig, ctx: RunContext, run, row: dict, runtim
                                  tags={SHA_TAG: row["sha256"], RUNTIME_TAG: runtime})
 
 
-def _check_reload(client, name: str, version, expected: float, images, labels, run) -> None:
+def _check_reload(client, name: str, version, expected: float, batches, run) -> None:
     """The version must reproduce the measured accuracy through MLflow; else it is deleted."""
     try:
-        accuracy = _reloaded_accuracy(f"models:/{name}/{version.version}", images, labels)
+        accuracy = _reloaded_accuracy(f"models:/{name}/{version.version}", batches)
     except Exception:
         client.delete_model_version(name, version.version)
         raise
@@ -141,14 +147,15 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
         return existing[0]
     payload = read_model_file(row["path"])
     spec = payload["spec"]
-    images, labels = _test_images(cfg, data, spec["in_channels"])
+    batches = _test_batches(cfg, data, spec["in_channels"])
+    first = next(batches)
     if not existing:
-        created = _create_version(cfg, ctx, run, row, runtime, images[:1], payload["meta"].get("classes", []))
+        created = _create_version(cfg, ctx, run, row, runtime, first[0][:1], payload["meta"].get("classes", []))
         existing = _versions_of(client, name, row["sha256"], runtime)
         for later in (v for v in existing[1:] if v.version == created.version):
             client.delete_model_version(name, later.version)  # an earlier version of this file won
     version = existing[0]
-    _check_reload(client, name, version, served_accuracy(row, runtime), images, labels, run)
+    _check_reload(client, name, version, served_accuracy(row, runtime), chain([first], batches), run)
     for key, value in {**_lineage(cfg, ctx, data, row, spec, runtime), **extra_tags}.items():
         # Pipelines that registered the same file at once all tag the version they keep.
         insert_safely(ctx.tracking_uri, client.set_model_version_tag, name, version.version, key, value)

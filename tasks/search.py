@@ -123,7 +123,7 @@ def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: Mod
     costs = _teacher_costs(model, teacher, bundle.input_size, cfg.evaluate.threads)
     limit = policy.resolve_limit(budget.max, costs[budget.metric], budget.metric)
     val = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size, channels=input_channels(model)))
-    meta = {"classes": bundle.classes, "mean": list(bundle.mean), "std": list(bundle.std)}  # as save_candidate
+    meta = bundle.model_meta()  # as save_candidate
     widths = _widths(cfg, model, limit, meta) if budget.metric in CONSTRUCTIVE else {}
     if budget.metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
         floor = policy.smallest_reachable(model, budget.metric, space_of(cfg), iterative_steps=cfg.prune.iterative_steps,

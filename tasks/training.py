@@ -8,24 +8,29 @@ from torch import nn
 
 from compression.checkpoint import load_model, save_model
 from compression.data import DataBundle
-from compression.models import input_channels
-from compression.training import TrainConfig, TrainResult, fit
+from compression.fit_plan import FitPlan, train_on
+from compression.training import TrainConfig, TrainResult
 from tasks import plots
+from tasks.config import DistributedConfig
+from tasks.distributed import fit_distributed
 from tasks.stage import ModelRef, StageRun, model_ref
 
 
 def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, checkpoint_dir: Path,
-               name: str, prefix: str = "", split: str = "train", **fit_kwargs) -> TrainResult:
-    """training.fit with per-epoch metrics in the stage's run (keys `prefix` + metric, step = epoch).
+               name: str, prefix: str = "", split: str = "train", plan: FitPlan = FitPlan(),
+               teacher: ModelRef | None = None, distributed: DistributedConfig | None = None) -> TrainResult:
+    """Train `model` as `plan` says (compression.fit_plan), with per-epoch metrics in the stage's run (keys
+    `prefix` + metric, step = epoch): in this process, or in `distributed.world_size` DDP processes.
 
-    split "transfer" adds the unlabeled images (for distillation losses only)."""
-    channels = input_channels(model)
-    train = bundle.batches(split, train_cfg.batch_size, train=True, augment=train_cfg.augment,
-                           seed=train_cfg.seed, channels=channels)
-    val = bundle.batches("val", 256, channels=channels)
+    split "transfer" adds the unlabeled images (for distillation losses only); `teacher` is the KD teacher's
+    model file."""
     log_epoch = run.epoch_logger(prefix)
-    result = fit(model, train, val, train_cfg, on_epoch_end=log_epoch, checkpoint_dir=checkpoint_dir,
-                 name=name, **fit_kwargs)
+    if distributed is not None and distributed.world_size > 1:
+        result = fit_distributed(distributed, run, model, bundle, train_cfg, plan, teacher, split, checkpoint_dir,
+                                 name, prefix)
+    else:
+        result = train_on(model, bundle, train_cfg, plan, teacher=load(teacher) if teacher else None, split=split,
+                          checkpoint_dir=checkpoint_dir, name=name, on_epoch_end=log_epoch)
     if result.resumed_from_epoch is not None:
         # Epochs trained before a crash, or before this stage ran again for another tracking store: this
         # run gets their metrics from the checkpoint, and a tag that says so.
@@ -49,7 +54,7 @@ def save_candidate(run: StageRun, model: nn.Module, workdir: Path, name: str, bu
                    **extra) -> ModelRef:
     """Write the model file (with what inference needs: classes and normalisation) and log it."""
     path = workdir / f"{name}.pt"
-    meta = {"classes": bundle.classes, "mean": list(bundle.mean), "std": list(bundle.std), "candidate": name}
+    meta = {**bundle.model_meta(), "candidate": name}
     sha = save_model(model, path, meta=meta)
     run.log_artifact(path, "model")
     run.set_tags({f"sha256.{name}": sha})

@@ -122,7 +122,8 @@ def test_image_folder(tmp_path):
     _write_images(tmp_path / "imgs", ["cat", "dog", "fox"], 6)
     bundle = D.load_dataset("image-folder", data_dir=str(tmp_path / "imgs"), val_per_class=1, image_size=16)
     assert bundle.classes == ["cat", "dog", "fox"]
-    assert bundle.train.images.shape[1:] == (3, 16, 16)
+    images, labels = next(bundle.pixel_batches("train", 64))
+    assert images.shape[1:] == (3, 16, 16) and images.dtype == torch.uint8 and len(labels) == len(bundle.train)
     assert len(bundle.train) + len(bundle.val) + len(bundle.test) == 18
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from compression import CompressionError
 from compression.data import load_dataset
+from compression.images import ImageTransform
 from compression.inference import BadImages, as_images, image_files, read_images, true_labels
 from tests.conftest import PROJECT_ROOT, free_port, readme_commands
 
@@ -73,22 +74,41 @@ def test_image_folder_labels_by_class_name_or_id(tmp_path):
 
 def test_read_images_converts_and_resizes(tmp_path, fmnist):
     _, test = fmnist
+    small = ImageTransform.for_input(28, mode="L")  # what a Fashion-MNIST model file records
     grey = test.images[0, 0].numpy()
     Image.fromarray(grey).save(tmp_path / "same.png")
     Image.fromarray(grey).convert("RGB").resize((56, 56)).save(tmp_path / "rgb-big.png")
-    pixels = read_images([str(tmp_path / "same.png"), str(tmp_path / "rgb-big.png")], channels=1, size=28)
-    assert pixels.dtype == np.uint8 and pixels.shape == (2, 1, 28, 28)
+    pixels, bad = read_images([str(tmp_path / "same.png"), str(tmp_path / "rgb-big.png")], small, channels=1)
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 1, 28, 28) and bad == []
     assert np.array_equal(pixels[0, 0], grey)  # PNG is lossless: the very pixels evaluate saw
     assert np.abs(pixels[1, 0].astype(int) - grey).mean() < 12  # resized back, close to the original
-    # Not square: the short side resized and the centre cropped, as training on an image folder reads it
-    # (data.fit_image); squashing it to 28x28 would show the model other pixels.
+    # Not square: the short side resized and the centre cropped, as evaluation on an image folder reads it;
+    # squashing it to 28x28 would show the model other pixels.
     wide = np.zeros((28, 56), dtype=np.uint8)
     wide[:, 14:42] = grey
     Image.fromarray(wide).save(tmp_path / "wide.png")
-    assert np.array_equal(read_images([str(tmp_path / "wide.png")], channels=1, size=28)[0, 0], grey)
+    assert np.array_equal(read_images([str(tmp_path / "wide.png")], small, channels=1)[0][0, 0], grey)
     (tmp_path / "broken.png").write_text("not an image")
-    with pytest.raises(CompressionError, match="cannot read image"):
-        read_images([str(tmp_path / "broken.png")], channels=1, size=28)
+    with pytest.raises(CompressionError, match="cannot read image .*broken.png"):
+        read_images([str(tmp_path / "broken.png")], small, channels=1)
+    pixels, bad = read_images([str(tmp_path / "broken.png"), str(tmp_path / "same.png")], small, 1, "skip")
+    assert len(pixels) == 1 and np.array_equal(pixels[0, 0], grey) and [i for i, _ in bad] == [0]
+
+
+def test_reference_models_read_files_with_the_evaluation_transform(tmp_path):
+    """A 224 px model reads a file as torchvision's reference evaluation does: short side to 256, centre 224."""
+    reference = ImageTransform.for_input(224)
+    assert (reference.kind, reference.resize) == ("reference", 256)
+    yy, xx = np.mgrid[0:300, 0:400]
+    photo = np.stack([xx * 255 // 400, yy * 255 // 300, (xx + yy) * 255 // 700], axis=-1).astype(np.uint8)
+    photo[100:110, 150:160] = 255  # a mark off centre, so a shifted crop would show
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    pixels, _ = read_images([str(tmp_path / "photo.png")], reference, channels=3)
+    expected = Image.fromarray(photo).resize((341, 256), Image.Resampling.BILINEAR)  # short side 256
+    left, top = (341 - 224) // 2, (256 - 224) // 2
+    expected = np.asarray(expected.crop((left, top, left + 224, top + 224))).transpose(2, 0, 1)
+    assert pixels.shape == (1, 3, 224, 224)
+    assert np.abs(pixels[0].astype(int) - expected).mean() < 1  # one resampling instead of two: close, not equal
 
 
 # ---------------------------------------------------------------- the smoke champion

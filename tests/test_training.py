@@ -37,7 +37,7 @@ def test_same_seed_gives_identical_weights_and_other_seed_does_not(small):
     a, ra = _train(small, 1)
     b, rb = _train(small, 1)
     c, _ = _train(small, 2)
-    timing = {"epoch_time", "images_per_s"}
+    timing = {"epoch_time", "images_per_s", "loader_share"}
     assert _same_weights(a, b)
     assert [{k: v for k, v in row.items() if k not in timing} for row in ra.history] == \
         [{k: v for k, v in row.items() if k not in timing} for row in rb.history]
@@ -173,8 +173,10 @@ def test_one_epoch_row_and_progress_lines(caplog):
         row = train_one_epoch(model, batches, cross_entropy(), optimizer, torch.device("cpu"), progress=progress,
                               epoch=0, name="tiny")
         progress.epoch_done(row, stopped_early=False)
-    assert list(row) == ["epoch", "train_loss", "train_acc", "lr", "epoch_time", "images_per_s"]
+    assert list(row) == ["epoch", "train_loss", "train_acc", "lr", "epoch_time", "images_per_s", "loader_share"]
+    assert 0 <= row["loader_share"] < 1
     assert row["epoch"] == 1 and row["lr"] == 0.1 and 0 <= row["train_acc"] <= 1 and row["train_loss"] > 0
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("[tiny] epoch 1/2  10%  loss ") and "ETA" in lines[0]
+    assert " img/s  loader " in lines[0] and " img/s  loader " in lines[-1]
     assert len(lines) == len(batches) + 1 and lines[-1].startswith("[tiny] epoch 1/2  loss ")
