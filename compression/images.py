@@ -50,6 +50,7 @@ class ImageTransform:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
     mode: str = "RGB"
+    reduce_jpeg: bool = True  # let the JPEG decoder shrink by 2, 4 or 8 where the crop allows (False: full decode)
 
     @classmethod
     def for_input(cls, size: int, kind: str = "auto", resize: int | None = None,
@@ -229,7 +230,8 @@ def decode(path: str, transform: ImageTransform, rng: random.Random | None = Non
         width, height = img.size
         shown = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         box, flip, (dx, dy) = crop_box(transform, *shown, rng)
-        factor = _draft(img, transform.mode, min(box[2] - box[0], box[3] - box[1]), transform.size)
+        factor = _draft(img, transform.mode, min(box[2] - box[0], box[3] - box[1]), transform.size) \
+            if transform.reduce_jpeg else 1.0
         pixels = _decoded(img, path, transform.mode, orientation)
         box = tuple(v * factor for v in box)
         out = pixels.resize((transform.size, transform.size), Image.Resampling.BILINEAR, box=box)
@@ -251,12 +253,57 @@ def truncated(path: str, head: bytes, tail: bytes) -> bool:
     return False
 
 
+SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking its marker segments; None when the segments
+    before it are not well formed (PIL decides then)."""
+    at = 2
+    while at + 9 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(head[at + 2:at + 4], "big")
+        if marker in SOF_MARKERS:
+            return int.from_bytes(head[at + 7:at + 9], "big"), int.from_bytes(head[at + 5:at + 7], "big")
+        at += 2 + length
+    return None
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG or JPEG read from its first bytes (the common formats, read without PIL's
+    parser: listing a folder of tens of thousands of files does this for each); None for other formats."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"\xff\xd8"):
+        return jpeg_size(head)
+    return None
+
+
+HEADER_BYTES = 1 << 16  # a JPEG's frame header follows its EXIF block, which fits in 64 KiB
+
+
+def _too_large(path: str, size: tuple[int, int]) -> str:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and size[0] * size[1] > limit:
+        return f"{path}: {size[0] * size[1]} pixels exceed PIL's decompression-bomb limit of {limit} pixels"
+    return ""
+
+
 def check_file(path: str) -> str:
     """"" when the file looks like a usable image (its header read, its end present), else why not. Cheap:
-    no pixels are decoded."""
+    no pixels are decoded, and PNG and JPEG headers are read without PIL."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(4096)
+            if head.startswith(b"\xff\xd8") and jpeg_size(head) is None and len(head) == 4096:
+                head += f.read(HEADER_BYTES - 4096)  # an EXIF block before the frame header
             f.seek(max(0, f.seek(0, 2) - 1024))
             tail = f.read()
     except OSError as exc:
@@ -265,6 +312,9 @@ def check_file(path: str) -> str:
         return f"{path}: empty file"
     if truncated(path, head, tail):
         return f"{path}: truncated (no end-of-image marker)"
+    size = header_size(head)
+    if size is not None:
+        return _too_large(path, size) if min(size) > 0 else f"{path}: not a readable image (zero size)"
     try:
         open_image(path).close()
     except BadImage as exc:

@@ -170,6 +170,16 @@ def worker_context():
     return context
 
 
+def start_worker_server() -> None:
+    """Start the fork server now, so that its imports (torch: seconds) overlap with listing the folder
+    instead of delaying the first batch."""
+    if may_start_workers():
+        from multiprocessing import forkserver
+
+        worker_context()
+        forkserver.ensure_running()
+
+
 _warned_daemonic = False
 
 

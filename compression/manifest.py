@@ -103,10 +103,20 @@ def _list_class(root: Path, name: str) -> list[tuple[str, int]]:
     return found
 
 
+CHECK_CHUNK = 512  # files per thread task: one task per file costs more in scheduling than the check
+
+
+def _check_chunk(root: str, paths: list[str]) -> list[str]:
+    return [check_file(os.path.join(root, path)) for path in paths]
+
+
 def _check_all(root: Path, listed: list[tuple[str, int]], threads: int) -> list[str]:
-    """Why each file cannot be used ("" when it can), files read by `threads` threads."""
+    """Why each file cannot be used ("" when it can), chunks of files read by `threads` threads (reading is
+    what they overlap on a network or cold disk; the header parsing itself holds the GIL)."""
+    paths = [path for path, _ in listed]
+    chunks = [paths[i:i + CHECK_CHUNK] for i in range(0, len(paths), CHECK_CHUNK)]
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda item: check_file(str(root / item[0])), listed, chunksize=256))
+        return [reason for part in pool.map(lambda chunk: _check_chunk(str(root), chunk), chunks) for reason in part]
 
 
 def _bad_files(reasons: list[str], policy: str, root: Path) -> int:
@@ -134,7 +144,9 @@ def scan(root: str | os.PathLike, classes: list[str] | None = None, bad_images: 
         raise CompressionError(f"{root} has classes {names}, expected {classes}")
     if len(names) < 2:
         raise CompressionError(f"image folder {root} has {len(names)} class folder(s); at least 2 are needed")
-    threads = threads or min(32, 4 * (os.cpu_count() or 1))
+    # Threads overlap file reads (a cold disk, a network share); the parsing holds the GIL, so more than a
+    # few per core only queue for it.
+    threads = threads or min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
         per_class = list(pool.map(lambda name: _list_class(root, name), names))
     if empty := [name for name, files in zip(names, per_class) if not files]:

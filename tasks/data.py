@@ -44,11 +44,19 @@ def usable_worker_count(requested: int | None) -> int:
     return requested
 
 
-def get_bundle(cfg: PipelineConfig, expected: dict | None = None) -> DataBundle:
-    """The task's data; with `expected` (load_data's result) it must be the same data load_data recorded."""
-    bundle = _cached_bundle(cfg.data.model_dump_json(), cfg.seed)
+def get_bundle(cfg: PipelineConfig, expected: dict | None = None, fresh: bool = False) -> DataBundle:
+    """The task's data, loaded once per process; with `expected` (load_data's result) it must be the data
+    load_data recorded. `fresh`: read the data again (load_data does, at the start of every pipeline: files
+    of a folder may have changed since an earlier pipeline of this process, a deployment's worker say)."""
+    key = (cfg.data.model_dump_json(), cfg.seed)
+    if fresh:
+        _cached_bundle.cache_clear()
+    bundle = _cached_bundle(*key)
     if expected and expected["digests"] != bundle.digests:
-        raise RuntimeError("the dataset changed since load_data recorded it (digests differ); re-run the pipeline")
+        _cached_bundle.cache_clear()  # recorded by a load_data after this process's copy was read
+        bundle = _cached_bundle(*key)
+        if expected["digests"] != bundle.digests:
+            raise RuntimeError("the dataset changed since load_data recorded it (digests differ); re-run the pipeline")
     return bundle
 
 
@@ -98,7 +106,7 @@ def _log_manifests(bundle: DataBundle, run, workdir: Path) -> None:
 def load_data(cfg: PipelineConfig, ctx, run, workdir) -> dict:
     """The data, recorded as dataset inputs of this stage's run and of the pipeline run (where the MLflow
     UI's run list shows them); an image folder's manifest as artifacts."""
-    bundle = get_bundle(cfg)
+    bundle = get_bundle(cfg, fresh=True)
     inputs = _dataset_inputs(bundle)
     run.log_metrics({f"{split}_samples": len(getattr(bundle, split)) for split in bundle.digests})
     for run_id in (run.run_id, ctx.parent_run_id):

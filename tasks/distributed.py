@@ -25,6 +25,7 @@ from compression import CompressionError
 from compression.checkpoint import load_model, save_model
 from compression.data import DataBundle
 from compression.fit_plan import FitPlan
+from compression.loader import Shard
 from compression.train_config import TrainConfig
 from compression.training import TrainResult
 from tasks.config import PROJECT_ROOT, DistributedConfig
@@ -135,6 +136,7 @@ def fit_distributed(settings: DistributedConfig, run, model: nn.Module, bundle: 
                     prefix: str) -> TrainResult:
     """training.fit over `settings.world_size` processes; `model` ends holding the trained weights. `run`: the
     stage's MLflow run the leader logs each epoch to (None: no logging)."""
+    Shard(0, settings.world_size).batch_size(cfg.batch_size)  # bad input: refused before any process starts
     job_dir = Path(checkpoint_dir).parent / f"{Path(checkpoint_dir).name}-job"
     tracking = {"uri": run.client.tracking_uri, "run_id": run.run_id, "stage": run.stage, "prefix": prefix} if run else None
     details = {"plan": plan.to_dict(), "train": asdict(cfg), "split": split, "checkpoint_dir": str(checkpoint_dir),

@@ -62,19 +62,26 @@ def _decode_everything(root: str) -> list[int]:
     return [multiprocessing.current_process().daemon, sum(labels, [])]
 
 
-def test_loader_workers_start_inside_a_prefect_task_and_a_dask_worker(prefect, tmp_path):
-    import dask
-    from distributed import Client, LocalCluster
+@pytest.mark.xdist_group("smoke")  # on the worker that has started a Prefect test server already
+def test_loader_workers_start_inside_a_prefect_task(prefect, tmp_path):
     from prefect import flow, task
 
     root = str(write_folder(tmp_path / "images", per_class=5))
-    expected = _decode_everything(root)[1]
 
     @flow
     def decode_in_a_task():
         return task(_decode_everything)(root)
 
-    assert decode_in_a_task()[1] == expected  # forkserver workers: a forked one would die in a Prefect run
+    # forkserver workers: a forked one would die in a Prefect run
+    assert decode_in_a_task()[1] == _decode_everything(root)[1]
+
+
+def test_loader_workers_start_inside_a_dask_worker(tmp_path):
+    import dask
+    from distributed import Client, LocalCluster
+
+    root = str(write_folder(tmp_path / "images", per_class=5))
+    expected = _decode_everything(root)[1]
     with dask.config.set({"distributed.worker.daemon": False}):  # what the search's local cluster sets
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:

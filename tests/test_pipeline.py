@@ -209,46 +209,6 @@ def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path, capsys):
         assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
 
 
-def test_imagenet_config_offline_with_weights_in_the_torch_cache(prefect, store, tmp_path, monkeypatch):
-    """configs/imagenet-resnet18.yaml on a small image folder, torchvision weights read from $TORCH_HOME."""
-    import torch
-    import torchvision
-    from PIL import Image
-
-    torch_home = tmp_path / "torch"
-    checkpoints = torch_home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    torch.manual_seed(0)
-    reference = torchvision.models.resnet18()
-    torch.save(reference.state_dict(), checkpoints / weights.url.rsplit("/", 1)[1])
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["circles", "squares", "stripes"]):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(14):
-            pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-            pixels[:, :, c] += 150
-            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
-    from flows.compress import compress
-
-    result = compress("configs/imagenet-resnet18.yaml", {
-        **store, "data.data_dir": str(tmp_path / "images"), "data.image_size": 32, "data.val_per_class": 2,
-        "finetune.freeze_epochs": 1, "finetune.train.epochs": 2, "distill.train.epochs": 1,
-        "prune.train.epochs": 1, "prune.iterative_steps": 1, "evaluate.latency_repeats": 5,
-        "evaluate.throughput_batch": 4, "register.max_accuracy_drop": 1.0})
-    assert [r["candidate"] for r in result["table"]] == ["teacher", "student_kd", "student_plain", "pruned"]
-    client = MlflowClient(store["tracking.uri"])
-    fetch = client.get_run(client.get_run(result["run_id"]).data.tags["stage.fetch_pretrained.run_id"])
-    assert fetch.data.tags["source"] == "torchvision:resnet18:IMAGENET1K_V1"
-    # the fetched file holds the weights from the torch cache (3-channel data: stem unchanged too)
-    from compression.checkpoint import read_model_file
-
-    state = read_model_file(fetch.data.tags["shrinkflow.workdir"] + "/pretrained.pt")["state_dict"]
-    for key in ("conv1.weight", "layer1.0.conv1.weight", "fc.weight"):
-        assert torch.equal(state[key], reference.state_dict()[key])
-
-
 @pytest.mark.parametrize("source, message", [
     ("file:/nonexistent/model.pt", "model file /nonexistent/model.pt does not exist"),
     ("models:/no-such-model@champion", "registered model 'no-such-model' not found"),
@@ -339,6 +299,12 @@ def _bad_inputs(tmp_path):
         (two_classes / name).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (8, 8)).save(two_classes / name / f"{i}.png")
+    with_bad = tmp_path / "with-bad"
+    for name in ("a", "b"):
+        (with_bad / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(with_bad / name / f"{i}.png")
+    (with_bad / "a" / "notes.jpg").write_text("not an image")
     del torch
     return [
         ("unknown architecture", ["source=scratch:resnet81"], "unknown architecture 'resnet81'"),
@@ -370,6 +336,13 @@ def _bad_inputs(tmp_path):
         ("model file missing", ["source=file:/nonexistent/model.pt"], "model file /nonexistent/model.pt"),
         ("class outside an image folder", ["data.name=image-folder", f"data.data_dir={two_classes}",
                                            "data.classes=[0, 5]"], "class subset [5] out of range 0..1"),
+        ("unreadable image under the fail policy", ["data.name=image-folder", f"data.data_dir={with_bad}",
+                                                    "data.bad_images=fail", "data.val_per_class=1"],
+         "notes.jpg: not a readable image (UnidentifiedImageError) (data.bad_images: fail"),
+        ("training processes beyond the cores", ["distributed.processes_per_node=64"],
+         "distributed.processes_per_node: 64 training processes on CPU need a core each"),
+        ("batch not divisible by the processes", ["distributed.processes_per_node=2", "finetune.train.batch_size=33"],
+         "batch_size 33 cannot be split evenly over 2 training processes"),
     ]
 
 
@@ -380,7 +353,8 @@ CATALOGUE = ["unknown architecture", "unknown source", "registry model missing",
              "unreachable tracking server", "output directory not writable", "calibration size 0",
              "unsupported quantization backend", "config not UTF-8", "unknown tracking URI scheme",
              "infinite learning rate", "nan prune ratio", "zero distillation epochs", "trim keeps no block",
-             "model file missing", "class outside an image folder"]
+             "model file missing", "class outside an image folder", "unreadable image under the fail policy",
+             "training processes beyond the cores", "batch not divisible by the processes"]
 
 
 @pytest.fixture(scope="module")

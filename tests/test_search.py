@@ -188,6 +188,7 @@ SEARCH_BAD_INPUTS = [
     ("share over 100%", ["search.budget.max=120%"], "must be more than 0% and at most 100% of the teacher"),
     ("empty space", ["search.space={}"], "search.space: the search space is empty"),
     ("parallel 0", ["search.parallel=0"], "search.parallel: Input should be greater than or equal to 1"),
+    ("parallel beyond the cores", ["search.parallel=64"], "search.parallel: 64 trials at once would start that many"),
     ("unknown knob", ['search.space={"prune.steps": {"choices": [1]}}'], "prune.steps cannot be searched"),
     ("knob value its setting refuses", ['search.space={"prune.ratio": {"low": 0.2, "high": 1.0}}'],
      "search.space.prune.ratio: 1.0: Input should be less than 1"),

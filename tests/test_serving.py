@@ -239,11 +239,14 @@ def test_onnxruntime_and_torch_pyfuncs_agree(smoke_run, smoke_store, prefect):
 def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store, tmp_path, capsys):
     from cli.main import main
 
+    from tests.test_image_folder import _bomb_png
+
     images, labels = _smoke_test_split()
     folder_names = {5: "Sandal", 7: "7", 9: "Ankle boot"}  # class folders by name or by dataset label id
     for i, (pixels, label) in enumerate(zip(images, labels)):
         (tmp_path / "images" / folder_names[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels[0]).save(tmp_path / "images" / folder_names[label] / f"{i:03d}.png")
+    _bomb_png(tmp_path / "images" / "Sandal" / "huge.png")  # left out under the default policy, and counted
     out = tmp_path / "predictions.csv"
     code = main(["predict", f"models:/smoke-model/{smoke_run['registered']['version']}", "--images",
                  str(tmp_path / "images"), "--tracking-uri", smoke_store["tracking.uri"], "--output", str(out)])
@@ -255,11 +258,12 @@ def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store
     row = {r["candidate"]: r for r in smoke_run["table"]}["quantized_static"]
     assert abs(accuracy - row["onnx_accuracy"]) <= 0.005  # the served file, evaluated in the pipeline
     printed = capsys.readouterr().out
-    assert f"accuracy: {accuracy:.4f}" in printed
+    assert f"accuracy: {accuracy:.4f}" in printed and f"{len(images)} images (1 unreadable skipped)" in printed
     client = MlflowClient(smoke_store["tracking.uri"])
     run = client.search_runs([client.get_experiment_by_name("shrinkflow-predictions").experiment_id],
                              "tags.`shrinkflow.kind` = 'predict'")[0]
     assert run.info.status == "FINISHED" and run.data.metrics["accuracy"] == pytest.approx(accuracy)
+    assert run.data.metrics["skipped_images"] == 1
     assert "predictions.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
@@ -269,13 +273,22 @@ PREDICT_BAD_INPUTS = [
     (["models:/smoke-model/1", "--images", "no/such/folder"], "does not exist"),
     (["models:/smoke-model/1"], "one of the arguments --images --config is required"),
     (["models:/smoke-model/1", "--images", "docs/examples", "--output", "docs"], "output docs is a directory"),
+    (["models:/smoke-model/1", "--images", "{bombs}", "--bad-images", "fail"],
+     "bomb.png: 1600000000 pixels exceed PIL's decompression-bomb limit"),
 ]
 
 
 @pytest.mark.parametrize("args, message", PREDICT_BAD_INPUTS)
-def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message, capsys):
-    """In this process (each case is answered before Prefect starts); the installed command once, below."""
+def test_predict_bad_input_is_one_line_exit_2(smoke_run, smoke_store, args, message, capsys, tmp_path):
+    """In this process (each case but the image file's is answered before Prefect starts); the installed
+    command once, below."""
     from cli.main import main
+    from tests.test_image_folder import _bomb_png
+
+    (tmp_path / "bombs").mkdir()
+    _bomb_png(tmp_path / "bombs" / "bomb.png")
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(tmp_path / "bombs" / "fine.png")
+    args = [a.replace("{bombs}", str(tmp_path / "bombs")) for a in args]
 
     try:
         code = main(["predict", *args, "--tracking-uri", smoke_store["tracking.uri"]])

@@ -1,0 +1,398 @@
+"""Image folders at real scale, on folders of JPEG files this script generates (stripes whose angle is the
+class, a tint and noise: learnable, and fine enough in texture that resampling shows):
+
+(a) peak memory of a process that lists a folder and takes one epoch of training batches through the loader
+    (a few ResNet-18 steps, then decoding alone), for 1,000 and 20,000 images at 224 px; the previous
+    in-memory path (every image decoded into one tensor first) beside it on the smaller folders;
+(b) time to the first training batch, same folders;
+(c) loader throughput with 2 workers against torchvision's ImageFolder + DataLoader with its reference
+    training preset and the same workers, on 256 px and 1,024 px JPEG sources; the 1,024 px ones also
+    without reduced decoding, and a short training run on each to see accuracy unchanged;
+(d) two DDP processes against one: epoch time and agreement;
+(f) a pipeline at 224 px on the small folder: wall time per stage, the loader's share of training time.
+
+(e), the demo against the code before streaming, is measured by bench/compression_results.py runs of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import PYTHON, QUICK, WORK, save, say, use_prefect_env  # noqa: E402
+
+CLASSES = 10
+SIZES = (200, 1_000) if QUICK else (1_000, 20_000)
+EAGER_SIZES = (200,) if QUICK else (1_000, 4_000)
+THROUGHPUT_IMAGES = 128 if QUICK else 1_000
+BATCH = 64
+FOLDERS = WORK / "images"
+
+
+# ---------------------------------------------------------------- folders
+
+def _picture(args: tuple) -> None:
+    """One JPEG: stripes at the class's angle, random frequency, phase and tint, plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    path, label, width, height, seed = args
+    rng = np.random.default_rng(seed)
+    angle = math.pi * label / CLASSES
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) / max(width, height)
+    wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * rng.uniform(20, 40) + rng.uniform(0, 6.3))
+    tint = rng.uniform(60, 200, 3)
+    pixels = wave[..., None] * 50 + tint + rng.normal(0, 12, (height, width, 3))
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def generate(name: str, count: int, width: int, height: int) -> Path:
+    """FOLDERS/name with `count` JPEGs in CLASSES class folders (made once, kept for later runs)."""
+    from multiprocessing import Pool
+
+    root = FOLDERS / name
+    done = root / ".complete"
+    if done.exists():
+        return root
+    jobs = []
+    for i in range(count):
+        label = i % CLASSES
+        (root / f"class{label}").mkdir(parents=True, exist_ok=True)
+        jobs.append((root / f"class{label}" / f"{i:06d}.jpg", label, width, height, i))
+    say(f"images: writing {count} {width}x{height} JPEGs to {root}")
+    with Pool(os.cpu_count()) as pool:
+        pool.map(_picture, jobs, chunksize=64)
+    done.touch()
+    return root
+
+
+# ---------------------------------------------------------------- (a), (b): one process per folder
+
+class PeakMemory:
+    """Peak resident memory (RSS) of this process, and the peak proportional set size (PSS: shared pages
+    split between the processes sharing them) of it with its descendants (fork server, loader workers)."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        import psutil
+
+        self.process, self.every = psutil.Process(), every
+        self.own = self.tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                own = self.process.memory_info().rss
+                tree = sum(p.memory_full_info().pss for p in [self.process, *self.process.children(recursive=True)])
+            except psutil.Error:
+                continue
+            self.own, self.tree = max(self.own, own), max(self.tree, tree)
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def probe(root: str, eager: bool) -> dict:
+    """List the folder and take one epoch of training batches (3 ResNet-18 steps on 8 images of a batch:
+    the steps' activations would hide the loader's memory; then decoding alone)."""
+    import torch
+
+    from compression.models import build_model
+
+    torch.set_num_threads(1)
+    model = build_model("resnet18", CLASSES, 3, 224)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        batches = _eager_batches(root) if eager else _streamed_batches(root)
+        first, images = None, 0
+        for step, (x, y) in enumerate(batches):
+            if first is None:
+                first = time.perf_counter() - started
+            if step < 3:
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()
+                optimizer.step()
+            images += len(y)
+        epoch = time.perf_counter() - started
+    return {"first_batch_s": first, "epoch_s": epoch, "images": images, "peak_rss_mb": memory.own / 2**20,
+            "peak_pss_with_workers_mb": memory.tree / 2**20}
+
+
+def _streamed_batches(root: str):
+    from compression.data import load_dataset
+
+    bundle = load_dataset("image-folder", data_dir=root, image_size=224, val_per_class=5, loader_workers=2)
+    return bundle.batches("train", BATCH, train=True, augment=True, seed=0)
+
+
+def _eager_batches(root: str):
+    """The path before streaming (commit 936afee): every image decoded and resized into one uint8 tensor."""
+    import torch
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    folder = ImageFolder(root)
+    images = []
+    for path, _ in folder.samples:
+        with Image.open(path) as img:
+            images.append(center_crop(resize(pil_to_tensor(img.convert("RGB")), 224, antialias=True), [224, 224]))
+    pixels, labels = torch.stack(images), torch.tensor(folder.targets)
+    del images
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    order = torch.randperm(len(labels))
+    for i in range(0, len(order) - BATCH + 1, BATCH):
+        idx = order[i:i + BATCH]
+        yield (pixels[idx].float() / 255 - mean) / std, labels[idx]
+
+
+def scale_runs() -> list[dict]:
+    rows = []
+    for count in SIZES:
+        root = generate(f"scale-{count}", count, 256, 256)
+        rows.append({"images": count, "path": "streamed", **_child(["--probe", str(root)])})
+    for count in EAGER_SIZES:
+        root = generate(f"scale-{count}", count, 256, 256)
+        rows.append({"images": count, "path": "in-memory (before)", **_child(["--probe", str(root), "--eager"])})
+    return rows
+
+
+def _child(args: list[str]) -> dict:
+    say(f"images: {' '.join(args)}")
+    done = subprocess.run([PYTHON, __file__, *args], capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- (c): loader throughput and reduced decoding
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def torchvision_loader(root: Path, workers: int):
+    """torchvision's reference training path: ImageFolder, ClassificationPresetTrain(crop_size=224)."""
+    import torch
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    preset = T.Compose([T.RandomResizedCrop(224, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                        T.RandomHorizontalFlip(0.5), T.PILToTensor(), T.ConvertImageDtype(torch.float),
+                        T.Normalize(MEAN, STD)])
+    return DataLoader(ImageFolder(str(root), transform=preset), batch_size=BATCH, shuffle=True, num_workers=workers,
+                      multiprocessing_context="forkserver", persistent_workers=True, drop_last=True)
+
+
+def streamed_loader(root: Path, workers: int, reduce_jpeg: bool = True):
+    from dataclasses import replace
+
+    from compression.data import load_dataset
+
+    bundle = load_dataset("image-folder", data_dir=str(root), image_size=224, val_per_class=1, loader_workers=workers)
+    bundle.transform = replace(bundle.transform, reduce_jpeg=reduce_jpeg)
+    return bundle.batches("train", BATCH, train=True, augment=True, seed=0)
+
+
+def images_per_second(loader) -> float:
+    """Steady state: the second pass over the folder (the first starts the workers)."""
+    for epoch in (0, 1):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        started, images = time.perf_counter(), 0
+        for x, _ in loader:
+            images += len(x)
+    return images / (time.perf_counter() - started)
+
+
+def throughput_runs(rounds: int = 1 if QUICK else 3) -> list[dict]:
+    """Each loader in turn, `rounds` times, per source size; the median of each is reported."""
+    import statistics
+
+    rows = []
+    for side in (256, 1024):
+        root = generate(f"throughput-{side}-{THROUGHPUT_IMAGES}", THROUGHPUT_IMAGES, side,
+                        side * 3 // 4 if side > 256 else side)
+        makers = {"shrinkflow": lambda: streamed_loader(root, 2),
+                  "torchvision reference": lambda: torchvision_loader(root, 2)}
+        if side > 256:
+            makers["shrinkflow, JPEG decoded at full size"] = lambda: streamed_loader(root, 2, reduce_jpeg=False)
+        seen = {name: [] for name in makers}
+        for _ in range(rounds):
+            for name, make in makers.items():
+                say(f"images: throughput, {side} px sources, {name}")
+                seen[name].append(images_per_second(make()))
+        base = statistics.median(seen["torchvision reference"])
+        rows += [{"source_px": side, "loader": name, "images_per_s": statistics.median(v),
+                  "over_torchvision": statistics.median(v) / base} for name, v in seen.items()]
+    return rows
+
+
+def accuracy_runs() -> list[dict]:
+    """A short MobileNetV3-Small training on the 1,024 px folder, JPEGs decoded reduced and at full size."""
+    from dataclasses import replace
+
+    import torch
+
+    from compression.data import load_dataset
+    from compression.fit_plan import FitPlan, train_on
+    from compression.measure import evaluate_classifier
+    from compression.models import build_model
+    from compression.train_config import TrainConfig
+
+    root = generate(f"throughput-1024-{THROUGHPUT_IMAGES}", THROUGHPUT_IMAGES, 1024, 768)
+    rows = []
+    for reduce_jpeg in (True, False):
+        say(f"images: short training, reduced decoding {reduce_jpeg}")
+        bundle = load_dataset("image-folder", data_dir=str(root), image_size=224, val_per_class=2 if QUICK else 10,
+                              loader_workers=2)
+        bundle.transform = replace(bundle.transform, reduce_jpeg=reduce_jpeg)
+        torch.manual_seed(0)
+        model = build_model("mobilenet_v3_small", CLASSES, 3, 224)
+        cfg = TrainConfig(epochs=1 if QUICK else 4, batch_size=32, optimizer="adamw", lr=2e-3, augment=True,
+                          weight_decay=0.01)
+        started = time.perf_counter()
+        train_on(model, bundle, cfg, FitPlan(), name=f"reduced={reduce_jpeg}")
+        accuracy = evaluate_classifier(model, bundle.batches("test", 128))["accuracy"]
+        n = len(bundle.test)
+        rows.append({"reduced_decoding": reduce_jpeg, "test_accuracy": accuracy, "test_images": n,
+                     "standard_error": math.sqrt(accuracy * (1 - accuracy) / n),
+                     "seconds": time.perf_counter() - started})
+    return rows
+
+
+# ---------------------------------------------------------------- (d): DDP, (f): a 224 px pipeline
+
+def ddp_runs() -> dict:
+    """One process against two (gloo) on the 1,000-image folder at 96 px, BatchNorm frozen so they agree."""
+    import copy
+
+    import torch
+
+    from compression.data import load_dataset
+    from compression.fit_plan import FitPlan, train_on
+    from compression.models import build_model
+    from compression.train_config import TrainConfig
+    from tasks.config import DistributedConfig
+    from tasks.distributed import fit_distributed
+
+    root = generate(f"scale-{SIZES[0]}", SIZES[0], 256, 256)
+    bundle = load_dataset("image-folder", data_dir=str(root), image_size=96, val_per_class=10, loader_workers=2)
+    torch.manual_seed(0)
+    model = build_model("resnet18", CLASSES, 3, 96)
+    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05, augment=True, freeze_norm=True)
+    one, two = copy.deepcopy(model), copy.deepcopy(model)
+    say("images: DDP, one process")
+    alone = train_on(one, bundle, cfg, FitPlan(), name="one process")
+    say("images: DDP, two processes")
+    work = WORK / "images-ddp"
+    together = fit_distributed(DistributedConfig(processes_per_node=2), None, two, bundle, cfg, FitPlan(), None,
+                               "train", work / "checkpoints", "two processes", "")
+    largest = max((a - b).abs().max().item() for a, b in zip(one.state_dict().values(), two.state_dict().values())
+                  if a.is_floating_point())
+    return {"images": len(bundle.train), "epoch_seconds_one": [r["epoch_time"] for r in alone.history],
+            "epoch_seconds_two": [r["epoch_time"] for r in together.history], "largest_weight_difference": largest,
+            "val_acc_one": alone.best_val_acc, "val_acc_two": together.best_val_acc}
+
+
+def pipeline_run() -> dict:
+    """configs/imagenet-resnet18.yaml (from scratch: no weights here) on the small folder, capped per class."""
+    use_prefect_env("images-pipeline")
+    from mlflow.tracking import MlflowClient
+
+    from bench.common import fresh_store
+    from flows.compress import compress
+
+    work = WORK / "images-pipeline"
+    uri = fresh_store(work)
+    root = generate(f"scale-{SIZES[0]}", SIZES[0], 256, 256)
+    started = time.perf_counter()
+    result = compress("configs/imagenet-resnet18.yaml", {
+        "tracking.uri": uri, "output_dir": str(work / "outputs"), "source": "scratch:resnet18",
+        "data.data_dir": str(root), "data.train_per_class": 8 if QUICK else 30, "data.val_per_class": 5,
+        "data.test_per_class": 10, "finetune.freeze_epochs": 0, "finetune.train.epochs": 1,
+        "distill.train.epochs": 1, "prune.train.epochs": 1, "prune.iterative_steps": 1, "quantize.enabled": True,
+        "quantize.calibration_size": 32, "export.onnx": True, "evaluate.speed_rounds": 1})
+    wall = time.perf_counter() - started
+    client = MlflowClient(uri)
+    parent = client.get_run(result["run_id"])
+    stages = []
+    for key, run_id in sorted(parent.data.tags.items()):
+        if key.startswith("stage.") and key.endswith(".run_id") and run_id:
+            run = client.get_run(run_id)
+            shares = [v for k, v in run.data.metrics.items() if k.endswith("loader_share")]
+            stages.append({"stage": key[6:-7], "seconds": (run.info.end_time - run.info.start_time) / 1000,
+                           "loader_share": sum(shares) / len(shares) if shares else None,
+                           "start": run.info.start_time})
+    stages.sort(key=lambda s: s["start"])
+    return {"wall_seconds": wall, "stages": stages, "train_images": 10 * (8 if QUICK else 30)}
+
+
+def demo_before_and_after(commit: str, rounds: int = 2) -> dict:
+    """(e) `python -m cli demo` of `commit` (a worktree) and of this checkout, in turn, each on a fresh store."""
+    import shutil
+    import statistics
+
+    from tasks.config import PROJECT_ROOT
+
+    before = WORK / "demo-before"
+    if not before.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), commit], cwd=PROJECT_ROOT, check=True)
+    seconds = {"before": [], "after": []}
+    for _ in range(rounds):
+        for name, root in (("before", before), ("after", PROJECT_ROOT)):
+            store = WORK / f"demo-{name}-store"
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(root / "outputs", ignore_errors=True)
+            store.mkdir(parents=True)
+            env = {**os.environ, "PREFECT_HOME": str(store / "prefect"), "GIT_PYTHON_REFRESH": "quiet",
+                   "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
+            env.pop("PREFECT_API_URL", None)
+            say(f"images: the demo, {name} ({commit if name == 'before' else 'this checkout'})")
+            started = time.perf_counter()
+            subprocess.run([PYTHON, "-m", "cli", "demo"], cwd=root, env=env, check=True, capture_output=True)
+            seconds[name].append(time.perf_counter() - started)
+    return {"commit_before": commit, "seconds": seconds,
+            "ratio": statistics.median(seconds["after"]) / statistics.median(seconds["before"])}
+
+
+DEMO_BASELINE = "936afee"  # the last commit with the in-memory image folder path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probe", metavar="FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-demo", action="store_true", help="leave out (e), the two demo runs per commit")
+    args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(probe(args.probe, args.eager)))
+        return
+    results = {"scale": scale_runs(), "throughput": throughput_runs(), "accuracy": accuracy_runs(),
+               "ddp": ddp_runs(), "pipeline": pipeline_run()}
+    if not (QUICK or args.skip_demo):
+        results["demo"] = demo_before_and_after(DEMO_BASELINE)
+    save("images", {**results, "command": "python bench/images.py"})
+
+
+if __name__ == "__main__":
+    main()
