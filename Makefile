@@ -58,7 +58,8 @@ deploy: $(STAMP)
 serve: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
-# Every benchmark (about two hours on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the scripts in minutes.
+# Every benchmark (about two and a half hours on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the
+# scripts in minutes, writing under bench/.work/quick/ (the published results stay as they are).
 bench: $(STAMP) data
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/datapath.py
@@ -68,13 +69,17 @@ bench: $(STAMP) data
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/families.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/images.py
 	$(BIN)/python bench/suite.py
 	$(MAKE) architectures
 	$(BIN)/python bench/report.py
 
-# docs/architectures.md: every torchvision classifier through every stage (about half an hour on 2 cores).
+# docs/architectures.md: every torchvision classifier through every stage (about half an hour on 2 cores);
+# with BENCH_QUICK=1 three small ones, written under bench/.work/quick/ instead.
+QUICK_ARCHITECTURES := --arch resnet18 mobilenet_v3_small squeezenet1_1 --out bench/.work/quick/architectures.md
 architectures: $(STAMP) data
-	$(BIN)/python bench/architectures.py --jobs 2 --json bench/.work/architectures.json
+	$(BIN)/python bench/architectures.py --jobs 2 --json bench/.work/architectures.json \
+	  $(if $(filter 1,$(BENCH_QUICK)),$(QUICK_ARCHITECTURES))
 
 # docs/benchmarks.md again from the results already in bench/results/.
 bench-report: $(STAMP)

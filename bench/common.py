@@ -1,7 +1,8 @@
 """What every benchmark shares: where it works, how it records results, what machine it ran on.
 
 Each script writes bench/results/<name>.json; bench/report.py turns them into docs/benchmarks.md.
-BENCH_QUICK=1 shrinks every workload (to check the scripts, not to publish numbers).
+BENCH_QUICK=1 shrinks every workload (to check the scripts, not to publish numbers) and keeps what it writes
+under bench/.work/quick/ (results and the page), so a check never overwrites published results.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.config import PROJECT_ROOT  # noqa: E402
 
-RESULTS = PROJECT_ROOT / "bench" / "results"
-WORK = PROJECT_ROOT / "bench" / ".work"
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+WORK = PROJECT_ROOT / "bench" / ".work"
+RESULTS = WORK / "quick" / "results" if QUICK else PROJECT_ROOT / "bench" / "results"
 PYTHON = sys.executable
 
 

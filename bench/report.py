@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, load_results, machine  # noqa: E402
+from bench.common import PROJECT_ROOT, QUICK, WORK, load_results, machine  # noqa: E402
 
-DOC = PROJECT_ROOT / "docs" / "benchmarks.md"
+DOC = WORK / "quick" / "benchmarks.md" if QUICK else PROJECT_ROOT / "docs" / "benchmarks.md"
 REFERENCES = [("2-conv CNN (~113K params)", 0.922), ("ResNet-18 with augmentation", 0.949), ("MLP 256-128-100", 0.883)]
 
 
@@ -371,6 +371,10 @@ def main() -> None:
         lines += section_serving(results["serving"])
     if "suite" in results:
         lines += section_suite(results["suite"])
+    if "images" in results:
+        from bench.images import section as section_images
+
+        lines += section_images(results["images"])
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)}")
