@@ -75,11 +75,15 @@ def check_training_processes(settings: DistributedConfig, field: str = "distribu
 
 
 def check_search_cluster(cfg: PipelineConfig) -> None:
-    """A search's local Dask cluster starts one worker process per trial at once: at most one per core."""
-    cores = os.cpu_count() or 1
+    """A search's local Dask cluster starts one worker process per trial at once, and each trial its training
+    processes: together at most one per core. A trial trains on one machine."""
+    cores, processes = os.cpu_count() or 1, cfg.distributed.processes_per_node
+    if cfg.distributed.nodes > 1:
+        raise ConfigError("distributed.nodes: a search's trials train on one machine each; set it to 1")
     local_cluster = cfg.search.dask_address is None and not os.environ.get("SHRINKFLOW_DASK_ADDRESS")
-    if local_cluster and cfg.search.parallel > cores:
-        raise ConfigError(f"search.parallel: {cfg.search.parallel} trials at once would start that many worker "
+    if local_cluster and cfg.search.parallel * processes > cores:
+        each = f" x {processes} training processes" if processes > 1 else ""
+        raise ConfigError(f"search.parallel: {cfg.search.parallel} trials at once{each} would start that many "
                           f"processes; this machine has {cores} cores (use search.dask_address for a larger cluster)")
 
 
