@@ -52,7 +52,8 @@ worker: $(STAMP)
 deploy: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && deployments/stack.sh pool && SHRINKFLOW_HOME=$(CURDIR) $(BIN)/prefect \
 	  --no-prompt deploy --prefect-file deployments/prefect.yaml --name compress/nightly --name compress/on-demand \
-	  --name pretrain/on-demand --name search/on-demand --name predict/on-demand --name predict/nightly
+	  --name pretrain/on-demand --name search/on-demand --name stability/on-demand \
+	  --name predict/on-demand --name predict/nightly
 
 # Every deployment served from one process, no work pool (development).
 serve: $(STAMP)
@@ -70,6 +71,7 @@ bench: $(STAMP) data
 	$(BIN)/python bench/families.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/images.py
+	$(BIN)/python bench/fidelity.py
 	$(BIN)/python bench/suite.py
 	$(MAKE) architectures
 	$(BIN)/python bench/report.py

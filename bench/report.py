@@ -375,6 +375,10 @@ def main() -> None:
         from bench.images import section as section_images
 
         lines += section_images(results["images"])
+    if "fidelity" in results:
+        from bench.fidelity import section as section_fidelity
+
+        lines += section_fidelity(results["fidelity"])
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)}")

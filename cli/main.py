@@ -1,4 +1,4 @@
-"""`shrinkflow` command line: run, search, predict, reproduce, compare, node, demo.
+"""`shrinkflow` command line: run, search, stability, predict, reproduce, compare, node, demo.
 
 Bad input ends with one line on stderr and exit code 2; a failed run or a bug with one line, the path of
 the log file that holds the traceback, and exit code 1. Progress and results go to stdout (cli/console.py).
@@ -84,6 +84,33 @@ def cmd_search(args) -> int:
     result = search(config=args.config, overrides=overrides)
     _print_search(result)
     return 0
+
+
+def cmd_stability(args) -> int:
+    from flows.stability import stability
+    from tasks.config import load_config, parse_set_options
+    from tasks.preflight import preflight
+
+    overrides = parse_set_options(args.set or [])
+    preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
+    result = stability(config=args.config, overrides=overrides, seeds=args.seeds)
+    print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
+    for run in result["runs"]:
+        cached = f"; cached: {', '.join(run['cached'])}" if run["cached"] else ""
+        print(f"seed {run['seed']}: pipeline run {run['run_id']}, stages run: {', '.join(run['executed'])}{cached}")
+    print("\n" + result["markdown"] + "\n")
+    return 0
+
+
+def _seed_count(text: str) -> int:
+    """--seeds: an integer of at least 2 (else a one-line usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 2:
+        raise argparse.ArgumentTypeError(f"needs an integer of at least 2 (churn needs two seeds), got {text!r}")
+    return value
 
 
 def cmd_predict(args) -> int:
@@ -191,8 +218,11 @@ def _runs_frame(runs):
 
 
 def _pipelines_table(runs):
-    metric_cols = sorted(c for c in runs.columns if c.startswith("metrics.") and
-                         (c.endswith(".accuracy") or c == "metrics.kd_gain"))
+    from compression.comparison import SUMMARY_FIGURES
+
+    # Each candidate's accuracy and fidelity figures, sorted: a candidate's columns stand together.
+    metric_cols = sorted(c for c in runs.columns if c.startswith("metrics.") and (
+        c.endswith(".accuracy") or c == "metrics.kd_gain" or any(c.endswith(f".{f}") for f in SUMMARY_FIGURES)))
     return runs[["run_id", "tags.mlflow.runName", "status", "tags.shrinkflow.config_hash", "params.seed"] + metric_cols]
 
 
@@ -335,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted-key override, e.g. search.trials=12")
     srch.add_argument("--dask-address", help="tcp://host:8786 of a running Dask scheduler (default: a local cluster)")
     srch.set_defaults(func=cmd_search)
+    stab = sub.add_parser("stability", help="run a pipeline config with several seeds and report how much every "
+                                              "figure varies (nothing is registered)")
+    stab.add_argument("config", help="YAML config (relative to the project root or the current directory)")
+    stab.add_argument("--seeds", type=_seed_count, default=3, metavar="N",
+                      help="pipelines, with the config's seed and the N-1 after it (at least 2; default 3)")
+    stab.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted-key override, e.g. prune.ratio=0.6")
+    stab.set_defaults(func=cmd_stability)
     pred = sub.add_parser("predict", help="score images with a registered model; predictions CSV on an MLflow run")
     pred.add_argument("model", help="registered model, models:/name@alias or models:/name/version")
     what = pred.add_mutually_exclusive_group(required=True)

@@ -55,3 +55,31 @@ def speed_notes(rows: list[dict]) -> list[str]:
     found by `source_sha256`): faster or not, at batch 1 and in throughput, and how much smaller its file is."""
     by_sha = {r["sha256"]: r for r in rows}
     return [_speed_note(row, by_sha[row["source_sha256"]]) for row in rows if row.get("source_sha256") in by_sha]
+
+
+def with_fidelity(rows: list[dict], fidelity: dict) -> list[dict]:
+    """Copies of evaluation rows with the fidelity stage's figures of each candidate (tasks/fidelity.py):
+    against the reference under their own names ("fidelity.agreement", "calibration.ece_scaled", ...),
+    against an int8 model's float parent with a "parent." prefix, its "what changed" sentences under
+    "what_changed" and how they were measured under "fidelity.method"."""
+    merged = []
+    for row in rows:
+        pair = fidelity["figures"].get(row["candidate"])
+        if pair is None:
+            merged.append(row)
+            continue
+        parent = {f"parent.{key}": value for key, value in (pair.get("parent") or {}).items()}
+        extra = {"what_changed": fidelity["sentences"][row["candidate"]]} if row["candidate"] in fidelity["sentences"] else {}
+        merged.append({**row, **pair["reference"], **parent, **extra, "fidelity.method": fidelity["note"]})
+    return merged
+
+
+# Fidelity figures as comparison-table columns: {column: key of the merged evaluation row}.
+FIDELITY_COLUMNS = {"agreement": "fidelity.agreement", "drop_ci_low": "fidelity.drop_ci_low",
+                    "drop_ci_high": "fidelity.drop_ci_high", "lost": "fidelity.lost", "gained": "fidelity.gained",
+                    "max_class_drop": "fidelity.max_class_drop", "ece": "calibration.ece",
+                    "ece_scaled": "calibration.ece_scaled", "corruption_error_x": "robustness.relative_error",
+                    "attribution_rho": "attribution.spearman", "parent_agreement": "parent.fidelity.agreement"}
+# The figures a pipeline run carries per candidate (`<candidate>.<figure>`), which `shrinkflow compare` lists.
+SUMMARY_FIGURES = ("fidelity.agreement", "fidelity.drop_ci_high", "fidelity.lost", "fidelity.max_class_drop",
+                   "calibration.ece_scaled", "robustness.relative_error", "parent.fidelity.agreement")

@@ -380,7 +380,7 @@ def _agreement_metrics(reference_logits, candidate_logits, labels, bootstrap: in
                                  bootstrap, seed)
     metrics = {f"fidelity.{key}": value for key, value in stats.items()}
     # the interval of the drop (reference minus candidate) is the difference's interval negated
-    metrics.update({"fidelity.drop_ci_low": -high, "fidelity.drop_ci_high": -low,
+    metrics.update({"fidelity.drop_ci_low": 0.0 - high, "fidelity.drop_ci_high": 0.0 - low,  # 0.0 - x: no "-0.0"
                     "fidelity.mcnemar_p": mcnemar_exact(stats["lost"], stats["gained"])})
     return metrics
 

@@ -1,7 +1,8 @@
 """The wiring every flow shares: a tracked pipeline run, its stages, and the evaluate/report/register tail.
 
 compress and pretrain run the whole chain:
-load -> fetch -> finetune -> [trim] -> distill -> prune -> [quantize] -> evaluate -> [export] -> report -> register.
+load -> fetch -> finetune -> [trim] -> distill -> prune -> [quantize] -> evaluate -> [fidelity] -> [export] -> report
+-> register.
 The single-stage flows (flows/stages.py) run one stage on models given by source strings.
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
+from compression.comparison import with_fidelity
 from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
+from tasks.fidelity import fidelity
 from tasks.export import INT8_CANDIDATE, export, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.finetune import finetune
@@ -60,11 +63,14 @@ class StageRunner:
         return refs[0] if refs else None
 
     def finish(self, data: dict, final: ModelRef, register_best: bool, choose=None) -> dict:
-        """Evaluate every candidate, export the reference (the first candidate) and the `final` float model,
-        report, optionally register; the flow's return value. `choose(rows)` may name the candidate to
-        register and its alias (else register's own policy picks; None: nothing is registered)."""
+        """Evaluate every candidate, compare each with the reference (fidelity), export the reference (the first
+        candidate) and the `final` float model, report, optionally register; the flow's return value, with
+        the evaluation rows. `choose(rows)` may name the candidate to register and its alias (else register's
+        own policy picks; None: nothing is registered)."""
         candidates = self.candidates
         rows = self(evaluate, data=data, candidates=candidates)["rows"]
+        if self.cfg.fidelity.enabled:
+            rows = with_fidelity(rows, self(fidelity, data=data, candidates=candidates))
         if self.cfg.export.onnx:
             targets = {ref["name"]: ref for ref in (next(iter(candidates.values())), final)}
             int8 = {name: ref for name, ref in candidates.items()
@@ -80,7 +86,7 @@ class StageRunner:
         return {"run_id": self.ctx.parent_run_id, "experiment_id": self.ctx.experiment_id,
                 "tracking_uri": redact(self.ctx.tracking_uri), "executed": self.executed, "cached": self.cached,
                 "table": summary["table"], "markdown": summary["markdown"], "kd_gain": summary["kd_gain"],
-                "registered": registered}
+                "registered": registered, "rows": rows}
 
 
 @contextmanager

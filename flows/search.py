@@ -10,6 +10,7 @@ A trial is the pipeline's own stages run with the trial's settings; shared work 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from prefect_dask import DaskTaskRunner
 
 from compression import CompressionError, first_line
 from compression import search as policy
+from compression.selection import pick_within_gates
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
 from tasks.data import load_data
@@ -145,12 +147,17 @@ def prefect_api_for_workers():
 
 
 def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[dict], parent_run_id: str):
-    """The finalist to register: the most accurate within the budget (latency measured in evaluate)."""
-    latency = {r["candidate"]: r["latency_p50_ms"] for r in rows}
+    """The finalist to register: the most accurate within the budget and the register gates (latency measured
+    in evaluate, the gates' figures by the fidelity stage); when none passes the gates, the pick among all of
+    them, as challenger."""
+    by_name = {r["candidate"]: r for r in rows}
     for final in finalists:
-        final["latency_ms"] = latency[f"trial-{final['number']}"]
-    best, alias = policy.pick(finalists, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
-                              cfg.search.budget.max_accuracy_drop)
+        final["latency_ms"] = by_name[f"trial-{final['number']}"]["latency_p50_ms"]
+    pick = functools.partial(policy.pick, metric=plan["metric"], limit=plan["limit"],
+                             teacher_accuracy=plan["teacher"]["val_accuracy"],
+                             max_drop=cfg.search.budget.max_accuracy_drop)
+    best, alias = pick_within_gates(finalists, lambda f: by_name[f"trial-{f['number']}"],
+                                    cfg.register.gates.limits(), pick)
     if best is None:
         return None
     tags = {"search_run_id": parent_run_id, "search_trial": str(best["number"]),

@@ -223,6 +223,53 @@ class EvaluateConfig(Section):
     throughput_seconds: float = Field(0.25, gt=0, description="each throughput measurement times batches for at least this long")
 
 
+# The corruptions compression/corruptions.py makes (listed here too: a config is checked without torch).
+CORRUPTION_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "jpeg", "contrast", "brightness",
+                    "pixelate", "affine")
+
+
+class FidelityConfig(Section):
+    """The "what compression changed" report (docs/fidelity.md): every candidate against the teacher, an int8
+    model also against the float model it was made from."""
+
+    enabled: bool = True
+    bootstrap: int = Field(1000, ge=100, description="resamples of the paired bootstrap interval of the accuracy drop")
+    corruption_images: int | None = Field(500, ge=1, description="test images scored under corruptions, a stratified "
+                                                                 "subset (the same share of every class); None: all")
+    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(list(CORRUPTION_NAMES), description="[]: no robustness figures")
+    severities: list[Literal[1, 2, 3]] = Field([1, 2, 3], min_length=1)
+    attribution_images: int = Field(8, ge=0, description="test images whose occlusion maps are compared; 0: none")
+    grid_images: int = Field(12, ge=1, le=60, description="forgotten images shown in each candidate's grid")
+
+    @field_validator("corruptions", "severities")
+    @classmethod
+    def _unique(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} has duplicates")
+        return value
+
+
+class GatesConfig(Section):
+    """Quality gates of the @champion alias, each optional (None: not checked), read from the fidelity
+    report against the teacher (docs/fidelity.md). A candidate that fails one is not registered @champion."""
+
+    max_drop_ci_high: float | None = Field(None, ge=0, le=1, description="upper end of the 95% interval of the test "
+                                                                          "accuracy drop vs the teacher (0.01 = 1 point)")
+    max_images_lost: int | None = Field(None, ge=0, description="test images the teacher gets right and the candidate "
+                                                                "gets wrong")
+    max_class_drop: float | None = Field(None, ge=0, le=1, description="largest drop of one class's test accuracy")
+    max_ece_increase: float | None = Field(None, ge=0, le=1, description="ECE after temperature scaling, candidate "
+                                                                          "minus teacher")
+    max_relative_corruption_error: float | None = Field(None, gt=0, description="error under corruptions as a "
+                                                                                "multiple of the teacher's")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="share of test images where the candidate "
+                                                                      "predicts what the teacher predicts")
+
+    def limits(self) -> dict[str, float]:
+        """The gates that are set: {name: limit}."""
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class RegisterConfig(Section):
     enabled: bool = True
     model_name: str = Field("shrinkflow-model", pattern=r"^[\w.\-]+$")
@@ -231,6 +278,7 @@ class RegisterConfig(Section):
     runtime: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime", description="what the registered model runs on: onnxruntime where the chosen model has a "
                                    "usable ONNX export (export.onnx), else torch")
+    gates: GatesConfig = GatesConfig()
 
 
 ENDPOINT_PATTERN = re.compile(r"^[\w.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
@@ -376,6 +424,7 @@ class PipelineConfig(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     register: RegisterConfig = RegisterConfig()
     tracking: TrackingConfig = TrackingConfig()
     search: SearchConfig = SearchConfig()
@@ -395,6 +444,15 @@ class PipelineConfig(Section):
                 except ValidationError as err:
                     raise ValueError(f"search.space.{key}: {value!r}: "
                                      f"{err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _gates_need_fidelity(self):
+        gates = self.register.gates.limits()
+        if gates and not self.fidelity.enabled:
+            raise ValueError(f"register.gates.{next(iter(gates))} needs the fidelity report (fidelity.enabled: true)")
+        if "max_relative_corruption_error" in gates and not self.fidelity.corruptions:
+            raise ValueError("register.gates.max_relative_corruption_error needs fidelity.corruptions")
         return self
 
     @field_validator("source")

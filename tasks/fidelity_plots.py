@@ -22,11 +22,16 @@ def _show_image(ax, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def reliability_diagram(bins_by_model: dict[str, list[dict]], title: str = "reliability"):
-    """One panel per model (e.g. teacher, then the candidate beside it) from `reliability_bins`: accuracy per
-    confidence bin against the diagonal of perfect calibration, the gap shaded, ECE and MCE in the title."""
-    fig, axes = plt.subplots(1, len(bins_by_model), figsize=(3.6 * len(bins_by_model), 3.6), squeeze=False)
-    for ax, (name, bins) in zip(axes[0], bins_by_model.items()):
+def reliability_diagram(bins_by_model: dict[str, list[dict]], title: str = "reliability", columns: int = 4):
+    """One panel per model (e.g. the teacher first, then every candidate beside it; `columns` panels a row) from
+    `reliability_bins`: accuracy per confidence bin against the diagonal of perfect calibration, the gap
+    shaded, ECE and MCE in the title."""
+    columns = min(columns, len(bins_by_model))
+    rows = -(-len(bins_by_model) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(bins_by_model):]:
+        ax.remove()
+    for ax, (name, bins) in zip(axes.flat, bins_by_model.items()):
         full = [b for b in bins if b["count"]]
         width = bins[0]["upper"] - bins[0]["lower"]
         centres = [(b["lower"] + b["upper"]) / 2 for b in full]
@@ -69,17 +74,24 @@ def attribution_grid(images: torch.Tensor, maps_a: torch.Tensor, maps_b: torch.T
                      count: int = 4):
     """A few images (uint8 [N, C, H, W]) beside both models' occlusion maps ([N, H, W]); each pair of maps
     shares one colour scale centred on 0, so the two are read against each other."""
+    return attribution_panels(images, {name_a: maps_a, name_b: maps_b}, count)
+
+
+def attribution_panels(images: torch.Tensor, maps_by_model: dict[str, torch.Tensor], count: int = 4):
+    """A few images (uint8 [N, C, H, W]) beside every model's occlusion maps ([N, H, W] each, the reference
+    first); the maps of one image share one colour scale centred on 0, so they are read against each other."""
     count = min(count, images.shape[0])
-    fig, axes = plt.subplots(count, 3, figsize=(7.2, 2.4 * count), squeeze=False)
+    width = 1 + len(maps_by_model)
+    fig, axes = plt.subplots(count, width, figsize=(2.4 * width, 2.4 * count), squeeze=False)
     for i in range(count):
-        limit = float(torch.maximum(maps_a[i].abs().max(), maps_b[i].abs().max())) or 1.0
+        limit = max(float(maps[i].abs().max()) for maps in maps_by_model.values()) or 1.0
         _show_image(axes[i][0], images[i])
-        for ax, maps, name in ((axes[i][1], maps_a, name_a), (axes[i][2], maps_b, name_b)):
+        for ax, (name, maps) in zip(axes[i][1:], maps_by_model.items()):
             shown = ax.imshow(maps[i].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name, fontsize=8)
-        fig.colorbar(shown, ax=axes[i][2], fraction=0.046)
+        fig.colorbar(shown, ax=axes[i][-1], fraction=0.046)
     axes[0][0].set_title("image", fontsize=8)
     fig.suptitle("occlusion: how much covering a patch lowers the target logit")
     fig.tight_layout()

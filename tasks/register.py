@@ -1,7 +1,9 @@
 """register: the best candidate within the accuracy budget goes to the MLflow Model Registry.
 
-Alias `champion` when a candidate meets the budget, `challenger` (the most accurate compressed one)
-otherwise (compression/selection.py). The model is tasks/serving.py's pyfunc, logged as code, serving on
+Alias `champion` when a candidate meets the budget and passes the quality gates (`register.gates`, read from
+the fidelity report), `challenger` otherwise (compression/selection.py); why a candidate is not champion is
+logged in one line, and every gate's verdict kept as `gate.<name>` tags of the register run and the model
+version. The model is tasks/serving.py's pyfunc, logged as code, serving on
 onnxruntime when the candidate has a usable ONNX file and register.runtime allows it, else on torch; the
 version's `shrinkflow.runtime` tag says which. The version is loaded back through MLflow and must reproduce
 the accuracy measured for that runtime before any alias points at it; a version that fails that check is
@@ -15,6 +17,7 @@ that created a later one always sees the earlier one and deletes its own).
 
 from __future__ import annotations
 
+import logging
 from itertools import chain
 from pathlib import Path
 
@@ -29,12 +32,16 @@ from mlflow.types.schema import ColSpec, DataType, Map, Schema
 import compression
 from compression.checkpoint import read_model_file
 from compression.data import to_model_input
-from compression.selection import choose
+from compression.comparison import reference_row
+from compression.gates import check_gates, describe, gate_tags
+from compression.selection import choose, gate_log
 from tasks.config import PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import SHA_TAG
 from tasks.stage import stage_task
 from tasks.tracking import RunContext, insert_safely, load_pyfunc
+
+log = logging.getLogger("shrinkflow")
 
 CHECKED_TAG = "shrinkflow.reload_checked"
 RUNTIME_TAG = "shrinkflow.runtime"
@@ -162,20 +169,51 @@ def _the_version(cfg: PipelineConfig, ctx: RunContext, run, data: dict, row: dic
     return version
 
 
+def _decide(settings, rows: list[dict], choice: dict | None) -> tuple[dict, str, list[str]]:
+    """(row, alias, what the log says about the gates). A given `choice` (a search's pick) that fails a gate
+    is registered challenger."""
+    gates = settings.gates.limits()
+    if not choice:
+        row, alias = choose(rows, settings.max_accuracy_drop, settings.objective, gates=gates)
+        return row, alias, gate_log(rows, row, alias, settings.max_accuracy_drop, settings.objective, gates)
+    row = next(r for r in rows if r["candidate"] == choice["candidate"])
+    failed = [describe(r) for r in check_gates(row, gates) if not r["passed"]] if row is not reference_row(rows) else []
+    if failed:
+        return row, "challenger", [f"{row['candidate']} is not @champion: gate " + "; gate ".join(failed)]
+    return row, choice["alias"], []
+
+
+def _gate_record(settings, rows: list[dict], row: dict) -> tuple[dict, dict]:
+    """(tags, metrics) of the gates for the register run and the model version: `gate.<name>` per gate."""
+    gates = settings.gates.limits()
+    if not gates or row is reference_row(rows):
+        return {}, {}
+    results = check_gates(row, gates)
+    metrics = {}
+    for result in results:
+        metrics[f"gate.{result['gate']}.passed"] = int(result["passed"])
+        metrics[f"gate.{result['gate']}.limit"] = result["limit"]
+        if result["value"] is not None:
+            metrics[f"gate.{result['gate']}.value"] = result["value"]
+    return gate_tags(results), metrics
+
+
 @stage_task("register", sections=("register", "source", "evaluate"), cache=False)
 def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict],
              choice: dict | None = None) -> dict:
     """`choice` ({"candidate", "alias", "tags"}) names what to register, e.g. a search's pick; without it
-    the register policy chooses (compression/selection.py)."""
+    the register policy chooses (compression/selection.py). Either way the gates decide whether it may be
+    champion."""
     settings = cfg.register
-    if choice:
-        row, alias = next(r for r in rows if r["candidate"] == choice["candidate"]), choice["alias"]
-    else:
-        row, alias = choose(rows, settings.max_accuracy_drop, settings.objective)
-    run.set_tags({"chosen": row["candidate"], "alias": alias, RUNTIME_TAG: served_runtime(settings, row)})
-    version = _the_version(cfg, ctx, run, data, row, (choice or {}).get("tags", {}))
+    row, alias, decision = _decide(settings, rows, choice)
+    for line in decision:
+        log.log(logging.INFO if alias == "champion" else logging.WARNING, "[register] %s", line)
+    tags, metrics = _gate_record(settings, rows, row)
+    run.set_tags({"chosen": row["candidate"], "alias": alias, RUNTIME_TAG: served_runtime(settings, row), **tags,
+                  **({"decision": " | ".join(decision)[:5000]} if decision else {})})
+    version = _the_version(cfg, ctx, run, data, row, {**(choice or {}).get("tags", {}), **tags})
     run.client.set_registered_model_alias(settings.model_name, alias, version.version)
-    run.log_metrics({"registered_version": int(version.version)})
+    run.log_metrics({"registered_version": int(version.version), **metrics})
     return {"model_name": settings.model_name, "version": version.version, "alias": alias,
             "candidate": row["candidate"], "accuracy": row["accuracy"], "runtime": served_runtime(settings, row),
-            "uri": f"models:/{settings.model_name}@{alias}"}
+            "uri": f"models:/{settings.model_name}@{alias}", "decision": decision}

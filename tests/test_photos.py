@@ -59,7 +59,9 @@ def photos_run(prefect, tmp_path_factory):
             "prune.train.batch_size": 8, "prune.iterative_steps": 1, "quantize.enabled": True,
             "quantize.calibration_size": 8, "quantize.max_accuracy_drop": 1.0, "export.onnx": True,
             "evaluate.latency_repeats": 5, "evaluate.speed_rounds": 1, "evaluate.throughput_batch": 2,
-            "evaluate.throughput_seconds": 0.05, "register.max_accuracy_drop": 1.0})
+            "evaluate.throughput_seconds": 0.05, "register.max_accuracy_drop": 1.0,
+            # occlusion is a forward pass per patch position: one image and one per class under corruption
+            "fidelity.attribution_images": 1, "fidelity.corruption_images": 3})
     finally:
         os.environ.pop("TORCH_HOME")
     return {**result, "store": store, "images": tmp_path / "images", "reference": reference}

@@ -16,8 +16,8 @@ from compression.data import load_dataset
 # that no longer find the smoke pipeline's cached stages.
 pytestmark = pytest.mark.xdist_group("smoke")
 
-STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "quantize", "evaluate", "export",
-          "report", "register"]
+STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "quantize", "evaluate", "fidelity",
+          "export", "report", "register"]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_cache_skips_completed_stages_and_reruns_only_what_changed(first_run, st
     from flows.compress import compress
 
     again = compress("configs/smoke.yaml", dict(store))
-    assert again["cached"] == ["finetune", "trim", "distill", "prune", "quantize", "evaluate", "export"]
+    assert again["cached"] == ["finetune", "trim", "distill", "prune", "quantize", "evaluate", "fidelity", "export"]
     assert again["registered"]["version"] == first_run["registered"]["version"]  # same model, no new version
     assert again["table"] == first_run["table"]
     teacher_sha = next(r["sha256"] for r in first_run["table"] if r["candidate"] == "teacher")
@@ -164,7 +164,7 @@ def test_cache_skips_completed_stages_and_reruns_only_what_changed(first_run, st
     # the teacher's ONNX file was not exported again, and passed the parity check of this run's export
     teacher = next(r for r in changed["table"] if r["candidate"] == "teacher")
     assert teacher_onnx.stat().st_mtime_ns == exported_at and teacher["onnx_accuracy"] is not None
-    assert {"prune", "evaluate", "export", "report", "register"} <= set(changed["executed"])
+    assert {"prune", "evaluate", "fidelity", "export", "report", "register"} <= set(changed["executed"])
     params = {r["candidate"]: r["params"] for r in changed["table"]}
     assert params["pruned"] < {r["candidate"]: r["params"] for r in first_run["table"]}["pruned"]
     # without int8 candidates the smallest file is the pruned float model, registered with its ONNX export
@@ -234,13 +234,14 @@ def test_stage_flows_run_one_stage_on_given_models(first_run, store):
     teacher = next(r for r in first_run["table"] if r["candidate"] == "teacher")
     result = distill_flow("configs/smoke.yaml", teacher=f"file:{teacher['path']}",
                           overrides={**store, "name": "distill-only", "distill.student": "mobilenet_v3_small",
-                                     "export.onnx": False})
+                                     "export.onnx": False, "fidelity.enabled": False})  # quantize_flow's covers it
     assert [r["candidate"] for r in result["table"]] == ["teacher", "student_kd", "student_plain"]
     assert "distill" in result["executed"] and result["registered"] is None
     kd = next(r for r in result["table"] if r["candidate"] == "student_kd")
     assert kd["params"] < 2_000_000  # a mobilenet_v3_small student, not the resnet teacher
     pruned = prune_flow("configs/smoke.yaml", student=f"file:{kd['path']}",
-                        overrides={**store, "name": "prune-only", "prune.kd": False, "export.onnx": False})
+                        overrides={**store, "name": "prune-only", "prune.kd": False, "export.onnx": False,
+                                   "fidelity.enabled": False})
     rows = {r["candidate"]: r for r in pruned["table"]}
     assert rows["pruned"]["params"] < rows["unpruned"]["params"]
     resnet = next(r for r in first_run["table"] if r["candidate"] == "pruned")
@@ -248,7 +249,8 @@ def test_stage_flows_run_one_stage_on_given_models(first_run, store):
                               overrides={**store, "name": "quantize-only", "export.onnx": False,
                                          "quantize.modes": ["static"]})
     rows = {r["candidate"]: r for r in quantized["table"]}
-    assert list(rows) == ["float", "quantized_static"] and quantized["executed"][-3:] == ["quantize", "evaluate", "report"]
+    assert list(rows) == ["float", "quantized_static"]
+    assert quantized["executed"][-4:] == ["quantize", "evaluate", "fidelity", "report"]
     assert rows["quantized_static"]["size_bytes"] < rows["float"]["size_bytes"] / 2
 
 

@@ -139,9 +139,9 @@ def _check_service_runs(env: dict, deploy_output: str) -> None:
     for parent in parents:
         assert parent["tags"]["prefect_deployment"] == "on-demand" and parent["tags"]["prefect_flow_run_id"]
         stages = {k: v for k, v in parent["tags"].items() if k.startswith("stage.") and k.endswith(".run_id")}
-        assert len(stages) == 11 and all(by_id[run_id]["status"] == "FINISHED" for run_id in stages.values())
+        assert len(stages) == 12 and all(by_id[run_id]["status"] == "FINISHED" for run_id in stages.values())
     cached = [{k.split(".")[1] for k, v in p["tags"].items() if k.endswith(".cached") and v == "true"} for p in parents]
-    assert cached == [set(), {"finetune", "trim", "distill", "prune", "quantize", "evaluate", "export"},
+    assert cached == [set(), {"finetune", "trim", "distill", "prune", "quantize", "evaluate", "fidelity", "export"},
                       {"finetune", "trim", "distill"}]
     finetune = by_id[parents[0]["tags"]["stage.finetune.run_id"]]
     assert finetune["tags"]["shrinkflow.resumed_from_epoch"] == "1"  # trained once, by the local run
@@ -220,7 +220,12 @@ def test_prefect_yaml_deployments():
     spec = yaml.safe_load((PROJECT_ROOT / "deployments" / "prefect.yaml").read_text())
     by_name = {(d["entrypoint"].split(":")[1], d["name"]): d for d in spec["deployments"]}
     assert {("compress", "nightly"), ("compress", "on-demand"), ("pretrain", "on-demand"), ("search", "on-demand"),
-            ("predict", "on-demand"), ("predict", "nightly"), ("compress", "nightly-docker")} <= set(by_name)
+            ("stability", "on-demand"), ("predict", "on-demand"), ("predict", "nightly"),
+            ("compress", "nightly-docker")} <= set(by_name)
+    assert by_name[("stability", "on-demand")]["parameters"]["seeds"] == 3
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    deployed = [f"{flow}/{name}" for (flow, name), spec in by_name.items() if spec["work_pool"]["name"] == "shrinkflow-process"]
+    assert all(f"--name {name}" in makefile for name in deployed), "make deploy misses a process-pool deployment"
     assert by_name[("predict", "nightly")]["schedules"][0]["cron"] == "0 4 * * *"
     assert by_name[("compress", "nightly")]["schedules"][0]["cron"] == "0 2 * * *"
     assert "schedules" not in by_name[("compress", "on-demand")]
@@ -306,6 +311,7 @@ def test_serve_entry_point_builds_every_deployment():
         sys.path.remove(str(PROJECT_ROOT / "deployments"))
     built = {(d.flow_name, d.name): d for d in serve.deployments()}
     assert set(built) == {("compress", "nightly"), ("compress", "on-demand"), ("pretrain", "on-demand"),
-                          ("search", "on-demand"), ("predict", "on-demand"), ("predict", "nightly")}
+                          ("search", "on-demand"), ("stability", "on-demand"), ("predict", "on-demand"),
+                          ("predict", "nightly")}
     assert built[("compress", "nightly")].schedules[0].schedule.cron == "0 2 * * *"
     assert built[("compress", "on-demand")].parameters["config"] == "configs/quickstart.yaml"
