@@ -301,7 +301,8 @@ def ddp_runs() -> dict:
     bundle = load_dataset("image-folder", data_dir=str(root), image_size=96, val_per_class=10, loader_workers=2)
     torch.manual_seed(0)
     model = build_model("resnet18", CLASSES, 3, 96)
-    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.05, augment=True, freeze_norm=True)
+    # frozen BatchNorm from scratch has no normalisation at all: a small rate keeps the loss finite
+    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=0.005, augment=True, freeze_norm=True)
     one, two = copy.deepcopy(model), copy.deepcopy(model)
     say("images: DDP, one process")
     alone = train_on(one, bundle, cfg, FitPlan(), name="one process")
@@ -349,8 +350,15 @@ def pipeline_run() -> dict:
     return {"wall_seconds": wall, "stages": stages, "train_images": 10 * (8 if QUICK else 30)}
 
 
+def _demo_commands(name: str) -> list[list[str]]:
+    """What `shrinkflow demo` runs. The fidelity stage came after streaming (it is timed in bench/fidelity.py):
+    it is left out of this code's run, so the two runs do the same work."""
+    after = ["--set", "fidelity.enabled=false"] if name == "after" else []
+    return [["run", "configs/pretrain.yaml", "--flow", "pretrain", *after], ["run", "configs/quickstart.yaml", *after]]
+
+
 def demo_before_and_after(commit: str, rounds: int = 2) -> dict:
-    """(e) `python -m cli demo` of `commit` (a worktree) and of this checkout, in turn, each on a fresh store."""
+    """(e) the demo of `commit` (a worktree) and of this checkout, in turn, each on a fresh store."""
     import shutil
     import statistics
 
@@ -371,7 +379,8 @@ def demo_before_and_after(commit: str, rounds: int = 2) -> dict:
             env.pop("PREFECT_API_URL", None)
             say(f"images: the demo, {name} ({commit if name == 'before' else 'this checkout'})")
             started = time.perf_counter()
-            subprocess.run([PYTHON, "-m", "cli", "demo"], cwd=root, env=env, check=True, capture_output=True)
+            for command in _demo_commands(name):
+                subprocess.run([PYTHON, "-m", "cli", *command], cwd=root, env=env, check=True, capture_output=True)
             seconds[name].append(time.perf_counter() - started)
     return {"commit_before": commit, "seconds": seconds,
             "ratio": statistics.median(seconds["after"]) / statistics.median(seconds["before"])}
@@ -456,7 +465,8 @@ def _pipeline_lines(r: dict) -> list[str]:
     if "demo" in r:
         demo = r["demo"]
         seconds = {k: ", ".join(f"{v / 60:.2f}" for v in vs) for k, vs in demo["seconds"].items()}
-        lines += [f"(e) the demo (`python -m cli demo` on a fresh store), {demo['commit_before']} (before streaming) "
+        lines += [f"(e) the demo (pretrain, then quickstart, on a fresh store; this code without the fidelity stage, "
+                  f"which came later and is timed in section 12), {demo['commit_before']} (before streaming) "
                   f"and this code in turn: minutes {seconds['before']} against {seconds['after']}; median ratio "
                   f"{demo['ratio']:.3f} (goal at most 1.05: {goal(demo['ratio'] <= 1.05)}).", ""]
     rows = [{**s, "loader_share": None if s["loader_share"] is None else 100 * s["loader_share"]} for s in p["stages"]]

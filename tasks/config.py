@@ -234,7 +234,7 @@ class FidelityConfig(Section):
 
     enabled: bool = True
     bootstrap: int = Field(1000, ge=100, description="resamples of the paired bootstrap interval of the accuracy drop")
-    corruption_images: int | None = Field(500, ge=1, description="test images scored under corruptions, a stratified "
+    corruption_images: int | None = Field(200, ge=1, description="test images scored under corruptions, a stratified "
                                                                  "subset (the same share of every class); None: all")
     corruptions: list[Literal[CORRUPTION_NAMES]] = Field(list(CORRUPTION_NAMES), description="[]: no robustness figures")
     severities: list[Literal[1, 2, 3]] = Field([1, 2, 3], min_length=1)

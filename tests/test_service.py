@@ -259,7 +259,12 @@ def test_concurrent_pipelines_into_one_mlflow_server_and_no_credential_is_logged
     runs = client.search_runs([client.get_experiment_by_name("concurrent-server").experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("shrinkflow.kind") == "pipeline"]
     assert sorted(r.data.tags["seed"] for r in parents) == ["0", "1"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 20
+    assert all(r.info.status == "FINISHED" for r in runs)
+    stages_of = {p.info.run_id: sorted(r.data.tags["shrinkflow.stage"] for r in runs
+                                       if r.data.tags.get("mlflow.parentRunId") == p.info.run_id) for p in parents}
+    first, second = stages_of.values()
+    assert first == second and {"finetune", "distill", "fidelity", "register"} <= set(first)
+    assert len(runs) == len(parents) * (1 + len(first))  # nothing but the two pipelines and their stages
     assert all({"teacher.accuracy", "pruned.accuracy", "kd_gain"} <= set(r.data.metrics) for r in parents)
     text = _everything_logged(client, runs, "concurrent-server-model", tmp_path)
     assert "alice:***@" in text and secret not in text and s3_secret not in text
