@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-slow data clean server server-stop worker deploy serve bench bench-report architectures
+.PHONY: demo test test-slow lint data clean server server-stop worker deploy serve bench bench-report architectures
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ demo: $(STAMP) data
 # pipeline's; the service stack's) stay on one worker.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
-test: $(STAMP) data
+test: lint data
 	$(PYTEST) -m "not slow"
+
+# ruff (its rule set and reasons in pyproject.toml) and the layer contracts (compression/ imports nothing of
+# ours and never Prefect or MLflow; tasks/ never flows/ or cli/; flows/ never cli/).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test-slow: $(STAMP) data
 	$(PYTEST) -m slow

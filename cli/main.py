@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from compression import first_line
+from compression.errors import is_bad_input
 from tasks.config import PROJECT_ROOT
 
 
@@ -116,7 +117,6 @@ def _seed_count(text: str) -> int:
 def cmd_predict(args) -> int:
     from flows.predict import predict
     from tasks.config import load_config, parse_set_options
-
     from tasks.predict import output_dir, registered_version, store_of
     from tasks.tracking import check_tracking
 
@@ -315,6 +315,8 @@ def cmd_reproduce(args) -> int:
         print(f"{key:<28}{value:>9.4f}{new.get(key, float('nan')):>12.4f}")
         same &= abs(new.get(key, float("nan")) - value) < 1e-9
     print("identical" if same else "DIFFERENT")
+    hashes = [run.data.tags.get("shrinkflow.config_hash") for run in (original, client.get_run(result["run_id"]))]
+    print(f"config_hash {hashes[1]}" + (" (the original's)" if hashes[0] == hashes[1] else f", original {hashes[0]}"))
     return 0 if same else 1
 
 
@@ -405,16 +407,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BAD_INPUT = ("ConfigError", "CompressionError", "NotFoundError", "ConnectionError", "PermissionError",
-             "ParameterTypeError", "FileNotFoundError")
-
-
-def _is_bad_input(exc: BaseException) -> bool:
-    """Failures the user can fix: ours (ConfigError, CompressionError, NotFoundError), an
-    unreachable server, a file that cannot be read, a flow parameter of the wrong type."""
-    return any(cls.__name__ in BAD_INPUT for cls in type(exc).__mro__)
-
-
 def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
     try:
         return args.func(args)
@@ -424,7 +416,7 @@ def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure ends as one line; the traceback goes to the log
         logging.getLogger("shrinkflow.cli").debug("command failed", exc_info=True)
         log_stream.flush()
-        if _is_bad_input(exc):
+        if is_bad_input(exc):
             print(f"shrinkflow: error: {first_line(exc)}", file=real_stderr)
             return 2
         # A failed run: its MLflow runs are already marked FAILED.

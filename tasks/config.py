@@ -411,6 +411,10 @@ class SearchConfig(Section):
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
+# Top-level settings that say where things go or what a run is called, never what it computes.
+NOT_RESULTS = frozenset({"name", "output_dir", "tracking"})
+
+
 class PipelineConfig(Section):
     name: str = "pipeline"
     seed: int = Field(0, ge=0)
@@ -484,7 +488,17 @@ class PipelineConfig(Section):
         return out
 
     def config_hash(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Equal for two runs of the same experiment: a hash of every setting that can change a result, not of
+        where outputs and tracking go, what the run is called, or how its work is spread (the sections'
+        RUN_ONLY settings). So a run and its `shrinkflow reproduce` share it, and `compare` groups them; the
+        full config is still an artifact of every run."""
+        settings = {}
+        for name in type(self).model_fields:
+            if name in NOT_RESULTS:
+                continue
+            value = getattr(self, name)
+            settings[name] = self.stage_dict(name)[name] if isinstance(value, BaseModel) else value
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolve(self, path: str | None) -> Path | None:
         if path is None:

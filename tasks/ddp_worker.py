@@ -26,6 +26,7 @@ from compression import CompressionError, first_line
 from compression.checkpoint import model_from_payload, read_model_file, save_model
 from compression.data import DataBundle, load_dataset
 from compression.distributed import Cluster, elect_leader, join, pick_backend
+from compression.errors import is_bad_input
 from compression.fit_plan import FitPlan, train_on
 from compression.loader import default_workers
 from compression.manifest import Manifest
@@ -94,7 +95,7 @@ def train(cluster: Cluster, job: dict) -> None:
 def _record_failure(job_path: str | None, rank: int, exc: BaseException) -> None:
     """An error file beside the job, read by the launcher: bad input stays bad input (exit 2)."""
     if job_path:
-        error = {"rank": rank, "type": type(exc).__name__, "bad_input": isinstance(exc, CompressionError),
+        error = {"rank": rank, "type": type(exc).__name__, "bad_input": is_bad_input(exc),
                  "message": first_line(exc), "traceback": traceback.format_exc()}
         Path(job_path).with_name(f"error-rank{rank}.json").write_text(json.dumps(error))
 

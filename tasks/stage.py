@@ -15,9 +15,9 @@ from typing import Callable, Required, TypedDict
 from prefect import task
 from prefect.states import Completed
 
-from compression import CompressionError
+from compression.errors import retry_may_fix
 from tasks import cache as records
-from tasks.config import PipelineConfig
+from tasks.config import NOT_RESULTS, PipelineConfig
 from tasks.tracking import RunContext, StageRun, run_finished, stage_run, store_id
 
 log = logging.getLogger("shrinkflow")
@@ -46,9 +46,8 @@ def model_ref(name: str, path: Path, sha256: str, run_id: str, **extra) -> Model
 
 # Read by every stage through the data helpers (and hashed into every key): the data config and the seed.
 ALWAYS_KEYED = frozenset({"data", "seed"})
-# Top-level settings that say where things go or what a run is called, never what a stage computes.
-NOT_COMPUTED = frozenset({"name", "output_dir", "tracking", "resolve", "stage_dict", "config_hash",
-                          "model_dump", "model_dump_json"})
+# What a stage may read without hashing it: where things go, what the run is called, and the config's methods.
+NOT_COMPUTED = NOT_RESULTS | {"resolve", "stage_dict", "config_hash", "model_dump", "model_dump_json"}
 
 
 class ConfigReads:
@@ -131,17 +130,12 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
     return decorate
 
 
-def permanent_error(exc: BaseException) -> bool:
-    """Errors that a retry cannot fix: bad input reported by shrinkflow itself."""
-    return isinstance(exc, (CompressionError, ValueError, FileNotFoundError))
-
-
 def retry_transient(task_obj, task_run, state) -> bool:
-    """Prefect retry_condition_fn: retry unless the failure is a permanent input error."""
+    """Prefect retry_condition_fn: retry when a retry may fix the failure (compression.errors)."""
     try:
         state.result()
     except BaseException as exc:  # noqa: BLE001 - we only classify it
-        return not permanent_error(exc)
+        return retry_may_fix(exc)
     return False
 
 

@@ -207,6 +207,10 @@ def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path, capsys):
                      missing]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
+    # a CSV path that is a directory is the user's mistake too: one line, exit 2
+    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--csv", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shrinkflow: error: ") and "Is a directory" in err[0], err
 
 
 @pytest.mark.parametrize("source, message", [
@@ -268,6 +272,7 @@ def test_reproduce_gives_the_same_metrics(first_run, store, tmp_path, capsys, mo
     assert code == 0, out
     assert not list(scratch.glob("shrinkflow-reproduce-*"))  # the downloaded config is not left behind
     assert "identical" in out and "stages run: load_data, fetch_pretrained, finetune, trim, distill, prune" in out
+    assert "(the original's)" in out  # same experiment, same config_hash: `compare` groups the two runs
     # recomputed from scratch in a fresh output directory: byte-identical model files, the int8 ones too
     for row in first_run["table"]:
         again = tmp_path / "again" / Path(row["path"]).relative_to(store["output_dir"])
