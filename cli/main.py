@@ -186,13 +186,11 @@ def _print_search(result: dict) -> None:
 
 
 def _runs(tracking_uri: str | None, experiment: str, filter_string: str):
-    from mlflow.tracking import MlflowClient
-
-    from tasks.tracking import check_tracking, default_tracking_uri
+    from tasks.tracking import check_tracking, default_tracking_uri, make_client
 
     uri = tracking_uri or default_tracking_uri()
     check_tracking(uri)
-    client = MlflowClient(uri)
+    client = make_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise NotFoundError(f"experiment {experiment!r} not found at {uri}")

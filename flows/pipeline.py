@@ -16,16 +16,17 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.fidelity import fidelity
 from tasks.export import INT8_CANDIDATE, export, with_onnx
 from tasks.fetch import fetch_pretrained
+from tasks.fidelity import fidelity
 from tasks.finetune import finetune
+from tasks.preflight import open_pipeline
 from tasks.prune import prune
 from tasks.quantize import quantize
 from tasks.register import register
 from tasks.report import report
 from tasks.stage import ModelRef
-from tasks.tracking import RunContext, StageRun, open_pipeline, redact
+from tasks.tracking import RunContext, StageRun, redact
 from tasks.trim import trim
 
 log = logging.getLogger("shrinkflow")

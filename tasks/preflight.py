@@ -1,5 +1,6 @@
 """Checks of a config against the world, before any work and before Prefect starts where the CLI runs them:
-the tracking store, the output directory, the data directory and a model file named as the source.
+the tracking store, the output directory, the data directory and a model file named as the source; and
+`open_pipeline`, which runs them and then opens the pipeline's parent run.
 
 Each failure is one line naming the problem (exit code 2 from the CLI); the flows run the same checks, so a
 deployment run with a bad parameter fails at once with that line as its message.
@@ -7,8 +8,10 @@ deployment run with a bad parameter fails at once with that line as its message.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from compression import CompressionError
@@ -16,7 +19,9 @@ from compression.models import check_stages, list_architectures
 from compression.quantization import check_backend as check_quantize_backend
 from compression.trimming import check_trimmable_arch
 from tasks.config import ConfigError, DistributedConfig, PipelineConfig
-from tasks.tracking import check_tracking, default_tracking_uri
+from tasks.tracking import check_tracking, default_tracking_uri, logged_config, pipeline_run, provenance, redact
+
+log = logging.getLogger("shrinkflow")
 
 
 def ensure_writable(directory) -> None:
@@ -107,3 +112,15 @@ def check_dask(address: str | None, timeout: float = 5.0) -> None:
         Client(address, timeout=timeout).close()
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConnectionError(f"Dask scheduler {address} is unreachable ({type(exc).__name__})") from None
+
+
+@contextmanager
+def open_pipeline(cfg: PipelineConfig, flow_name: str):
+    """Checks that need no Prefect (tracking store, output directory, data and model paths), then the
+    pipeline's parent run with its config and provenance: (RunContext, StageRun)."""
+    tracking_uri = preflight(cfg)
+    with pipeline_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{flow_name}", logged_config(cfg),
+                      provenance(cfg, flow_name, tracking_uri)) as (ctx, parent):
+        log.info("MLflow run %s (experiment %s) at %s", ctx.parent_run_id, cfg.tracking.experiment,
+                 redact(tracking_uri))
+        yield ctx, parent

@@ -8,7 +8,6 @@ Runs that raise end FAILED, never RUNNING.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -25,8 +24,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
-
-log = logging.getLogger("shrinkflow")
 
 PACKAGES = ("torch", "torchvision", "torch-pruning", "prefect", "mlflow", "pandas", "numpy", "pydantic")
 
@@ -391,17 +388,3 @@ def logged_config(cfg: PipelineConfig) -> dict:
     if config["tracking"]["uri"]:
         config["tracking"]["uri"] = redact(config["tracking"]["uri"])
     return config
-
-
-@contextmanager
-def open_pipeline(cfg: PipelineConfig, flow_name: str):
-    """Checks that need no Prefect (tracking store, output directory, data and model paths), then the
-    pipeline's parent run with its config and provenance: (RunContext, StageRun)."""
-    from tasks.preflight import preflight
-
-    tracking_uri = preflight(cfg)
-    with pipeline_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{flow_name}", logged_config(cfg),
-                      provenance(cfg, flow_name, tracking_uri)) as (ctx, parent):
-        log.info("MLflow run %s (experiment %s) at %s", ctx.parent_run_id, cfg.tracking.experiment,
-                 redact(tracking_uri))
-        yield ctx, parent
