@@ -16,9 +16,9 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.fidelity import fidelity
 from tasks.export import INT8_CANDIDATE, export, with_onnx
 from tasks.fetch import fetch_pretrained
+from tasks.fidelity import fidelity
 from tasks.finetune import finetune
 from tasks.prune import prune
 from tasks.quantize import quantize
