@@ -24,8 +24,8 @@ import shutil
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,7 +79,7 @@ def _cell(stage: str, fn, cells: dict, seconds: dict):
         cells[stage] = first_line(exc)
     except Refused as exc:
         cells[stage] = f"not run: {exc}"
-    except Exception as exc:  # recorded as a failure, never hidden: the matrix must show it
+    except Exception as exc:  # noqa: BLE001 - recorded as a failure, never hidden: the matrix must show it
         cells[stage] = f"FAILS: {type(exc).__name__}: {first_line(exc)[:160]}"
     finally:
         seconds[stage] = round(time.perf_counter() - start, 2)
@@ -218,7 +218,8 @@ def _int8_cells(m: Measurement, float_path: Path, batches, x, example, reference
             size_bytes = _reloads_identically(quantized, m.workdir / f"{mode}.pt", x)
             with torch.no_grad():
                 agree = float((quantized(x).argmax(1) == reference.argmax(1)).float().mean())
-            return None, f"top-1 as float on {agree:.0%} of {len(x)} images, file {float_bytes / size_bytes:.1f}x smaller"
+            return None, (f"top-1 as float on {agree:.0%} of {len(x)} images, "
+                          f"file {float_bytes / size_bytes:.1f}x smaller")
         return run
     for mode in ("static", "dynamic"):
         m.cell(f"int8_{mode}", int8(mode))
@@ -333,10 +334,11 @@ def run_workers(archs: list[str], workdir: Path, timeout: float, per_worker: int
         group, queue = queue[:per_worker], queue[per_worker:]
         cmd = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(workdir), "--worker", *group]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=_memory_cap(memory_cap), env={**os.environ, "SHRINKFLOW_BENCH_THREADS": str(threads)})
+                                preexec_fn=_memory_cap(memory_cap),
+                                env={**os.environ, "SHRINKFLOW_BENCH_THREADS": str(threads)})
         current, deadline, started = None, time.monotonic() + timeout, time.monotonic()
         stderr_tail = collections.deque(maxlen=5)
-        threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True).start()
+        threading.Thread(target=stderr_tail.extend, args=(proc.stderr,), daemon=True).start()
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
             line = proc.stdout.readline() if ready else None
@@ -350,7 +352,8 @@ def run_workers(archs: list[str], workdir: Path, timeout: float, per_worker: int
                 proc.wait()
                 if current and current not in results:
                     tail = (stderr_tail[-1].strip() if stderr_tail else "no error output")[:200]
-                    how = f"stopped by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+                    how = (f"stopped by signal {-proc.returncode}" if proc.returncode < 0
+                           else f"exited {proc.returncode}")
                     results[current] = {"arch": current, "error": f"worker {how}: {tail}",
                                         "wall_seconds": round(time.monotonic() - started, 1)}
                     report(results[current])
@@ -460,7 +463,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="one small member per family")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "architectures.md")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per architecture (twice that for the largest)")
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds per architecture (twice that for the largest)")
     parser.add_argument("--jobs", type=int, default=1, help="workers at once for all but the largest models")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".work" / "architectures")
     parser.add_argument("--from-json", nargs="+", type=Path,
@@ -497,7 +501,8 @@ class _Progress:
     def save_json(self, results: list[dict]) -> None:
         if self.json_path:
             self.json_path.parent.mkdir(parents=True, exist_ok=True)
-            self.json_path.write_text(json.dumps({"command": self.command, "seconds": time.perf_counter() - self.started,
+            self.json_path.write_text(json.dumps({"command": self.command,
+                                                  "seconds": time.perf_counter() - self.started,
                                                   "results": results}, indent=2) + "\n")
 
     def report(self, result: dict) -> None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.config import PROJECT_ROOT  # noqa: E402
+from tasks.config import PROJECT_ROOT
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 WORK = PROJECT_ROOT / "bench" / ".work"
@@ -66,7 +66,8 @@ def save(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     data = {"benchmark": name, "quick": QUICK, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "git_commit": _git("rev-parse", "--short", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             **data}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"[bench] wrote {path.relative_to(PROJECT_ROOT)}", flush=True)
@@ -83,7 +84,8 @@ def say(message: str) -> None:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

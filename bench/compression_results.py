@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, fresh_store, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, Timer, fresh_store, save, say, use_prefect_env
 
 EXTRA_RATIOS = [0.4, 0.75]
 TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
@@ -43,7 +43,8 @@ def main() -> None:
             "seconds": t.seconds, "table": result["table"], "markdown": result["markdown"],
             "kd_gain": result["kd_gain"], "registered": result["registered"], "executed": result["executed"],
             "cached": result["cached"], "run_id": result["run_id"],
-            "epoch_times": {stage: [m.value for m in client.get_metric_history(tags[f"stage.{stage}.run_id"], "epoch_time")]
+            "epoch_times": {stage: [m.value for m in client.get_metric_history(tags[f"stage.{stage}.run_id"],
+                                                                                 "epoch_time")]
                             for stage in ("finetune", "distill") if f"stage.{stage}.run_id" in tags},
         }
         say(f"compression: {key} took {t.seconds / 60:.1f} min")
@@ -55,8 +56,8 @@ def main() -> None:
     for ratio in EXTRA_RATIOS:
         run(f"fmnist10_ratio_{ratio}", compress, "configs/fmnist10.yaml", f"prune.ratio={ratio}",
             **{"prune.ratio": ratio, "prune.method": "structured", "register.enabled": False})
-    save("compression", {"runs": results, "extra_ratios": EXTRA_RATIOS, "command": "python bench/compression_results.py",
-                         "tracking_uri": uri})
+    save("compression", {"runs": results, "extra_ratios": EXTRA_RATIOS,
+                         "command": "python bench/compression_results.py", "tracking_uri": uri})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, WORK, save, say  # noqa: E402
+from bench.common import QUICK, WORK, save, say
 
 BATCH = 128
 TRAIN_STEPS = 5 if QUICK else 40
@@ -99,7 +99,8 @@ def main() -> None:
         for name, make in loaders.items():
             say(f"data path: {name}, augment={augment}")
             n, seconds = one_pass(make(augment), limit)
-            rows.append({"loader": name, "augment": augment, "images": n, "seconds": seconds, "images_per_s": n / seconds})
+            rows.append({"loader": name, "augment": augment, "images": n, "seconds": seconds,
+                         "images_per_s": n / seconds})
     training = []
     for name, make in loaders.items():
         say(f"data path: {TRAIN_STEPS} ResNet-18 training steps fed by {name}")

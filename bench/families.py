@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, RESULTS, WORK, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, RESULTS, WORK, Timer, fresh_store, machine, save, say, use_prefect_env
 
 # Per family: settings beyond the demo's (and FINETUNE below), each from a measured run with the demo's prune ratio
 # of 0.6: MobileNetV2 and EfficientNet-B0 are compact already, and 0.6 took their pruned students 2.2 and 2.0 points
@@ -55,7 +55,9 @@ SECTION = "## 8. Model families: the demo with MobileNetV2, RegNet and Efficient
 # still rising when the cosine schedule ran out).
 FINETUNE = {"finetune.freeze_epochs": 0, "finetune.backbone_lr_factor": 1.0, "finetune.train.epochs": 30}
 UPSTREAM = WORK / ("families-upstream-quick" if QUICK else "families-upstream")
-UPSTREAM_EPOCHS = 20  # configs/pretrain.yaml trains ResNet-18 for 3; from random weights these families learn slower (MobileNetV2: 49% train accuracy after 4)
+# configs/pretrain.yaml trains ResNet-18 for 3; from random weights these families learn slower (MobileNetV2: 49%
+# train accuracy after 4)
+UPSTREAM_EPOCHS = 20
 
 
 def upstream_file(arch: str) -> Path:
@@ -149,9 +151,10 @@ def _table(rows: list[dict]) -> str:
 
     shown = [{**r, "drop": 100 * r["accuracy_drop"]} for r in rows]
     return table(shown, [("family", "teacher", ""), ("candidate", "model", ""), ("accuracy", "test acc", "{:.4f}"),
-                         ("drop", "drop (pt)", "{:+.2f}"), ("params", "params", "{:,}"), ("params_x", "params x", "{:.1f}x"),
-                         ("macs", "MACs", "{:,}"), ("macs_x", "MACs x", "{:.1f}x"), ("latency_p50_ms", "p50 ms (b=1)", "{:.2f}"),
-                         ("throughput_ips", "img/s (b=64)", "{:.0f}"), ("speedup", "throughput x", "{:.1f}x")])
+                         ("drop", "drop (pt)", "{:+.2f}"), ("params", "params", "{:,}"),
+                         ("params_x", "params x", "{:.1f}x"), ("macs", "MACs", "{:,}"), ("macs_x", "MACs x", "{:.1f}x"),
+                         ("latency_p50_ms", "p50 ms (b=1)", "{:.2f}"), ("throughput_ips", "img/s (b=64)", "{:.0f}"),
+                         ("speedup", "throughput x", "{:.1f}x")])
 
 
 def _resnet_reference() -> dict | None:
@@ -203,7 +206,8 @@ def section(results: dict) -> list[str]:
            "teachers of 59-79% from these weaker upstream models). Upstream test accuracy on "
            "classes 0-4: "
            + ", ".join(f"`{a}` {100 * u['accuracy']:.1f}% ({u['epochs']} epochs, {u['minutes']:.0f} min)"
-                       for a, u in upstream.items()) + ". Settings of each family beyond these: " + own + ". The final model is the one the "
+                       for a, u in upstream.items()) + ". Settings of each family beyond these: " + own
+           + ". The final model is the one the "
            "pipeline registered (the smallest file within 1 point of its teacher, else the most accurate one); ratios "
            "are against that family's own teacher; latency and throughput on 1 thread. The ResNet-18 rows are the "
            "demo of section 3 (another run), for reference.", "",
@@ -231,7 +235,8 @@ if __name__ == "__main__":
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--upstream-only", action="store_true",
                         help="only pretrain the families' upstream teachers that no earlier run left")
-    parser.add_argument("--report", action="store_true", help="only regenerate docs/benchmarks.md from the saved results")
+    parser.add_argument("--report", action="store_true",
+                        help="only regenerate docs/benchmarks.md from the saved results")
     args = parser.parse_args()
     if args.report:
         from bench.report import main as write_report

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env
 
 TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
         "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
@@ -75,7 +75,8 @@ def run_task(task: str, store: dict, seeds: int) -> dict:
         population = stability(TASKS[task], overrides, seeds)
     rows = {r["candidate"]: {k: r.get(k) for k in KEPT} for r in result["rows"]}
     method = next((r["fidelity.method"] for r in result["rows"] if r.get("fidelity.method")), "")
-    return {"config": TASKS[task], "method": method, "seconds": t.seconds, "pipeline_seconds": pipeline, "fidelity_seconds": report,
+    return {"config": TASKS[task], "method": method, "seconds": t.seconds, "pipeline_seconds": pipeline,
+            "fidelity_seconds": report,
             "cost_share": report / pipeline, "run_id": result["run_id"], "registered": result["registered"],
             "markdown": result["markdown"], "rows": rows, "stability_seconds": s.seconds,
             "stability": {k: population[k] for k in ("run_id", "seeds", "markdown", "population", "spreads")}}
@@ -117,19 +118,24 @@ def _candidates_table(rows: dict) -> str:
     for name, row in rows.items():
         low, high = row.get("fidelity.drop_ci_low"), row.get("fidelity.drop_ci_high")
         shown.append({**row, "candidate": name, "ci": "" if low is None else f"[{_points(low)}, {_points(high)}]",
-                      "drop": None if row.get("fidelity.accuracy_drop") is None else 100 * row["fidelity.accuracy_drop"],
-                      "agreement": _pct(row.get("fidelity.agreement")), "class_drop": _points(row.get("fidelity.max_class_drop")),
+                      "drop": (None if row.get("fidelity.accuracy_drop") is None
+                               else 100 * row["fidelity.accuracy_drop"]),
+                      "agreement": _pct(row.get("fidelity.agreement")),
+                      "class_drop": _points(row.get("fidelity.max_class_drop")),
                       "lost_gained": f"{row.get('fidelity.lost', 0):.0f}/{row.get('fidelity.gained', 0):.0f}",
                       "parent": _pct(row.get("parent.fidelity.agreement"))})
     return table(shown, [("candidate", "candidate", ""), ("accuracy", "test acc", "{:.4f}"),
                          ("drop", "drop (pt)", "{:+.2f}"), ("ci", "drop 95% CI (pt)", ""),
                          ("fidelity.mcnemar_p", "McNemar p", "{:.2g}"), ("agreement", "agreement", ""),
                          ("lost_gained", "lost/gained", ""), ("fidelity.kl", "KL", "{:.4f}"),
-                         ("class_drop", "worst class (pt)", ""), ("fidelity.significant_classes", "classes signif.", "{:.0f}"),
+                         ("class_drop", "worst class (pt)", ""),
+                         ("fidelity.significant_classes", "classes signif.", "{:.0f}"),
                          ("forgotten.count", "forgotten", "{:.0f}"), ("calibration.ece", "ECE", "{:.3f}"),
                          ("calibration.ece_scaled", "ECE scaled", "{:.3f}"), ("calibration.nll", "NLL", "{:.3f}"),
-                         ("calibration.nll_scaled", "NLL scaled", "{:.3f}"), ("calibration.brier_scaled", "Brier scaled", "{:.3f}"),
-                         ("robustness.accuracy", "corrupted acc", "{:.4f}"), ("robustness.relative_error", "corruption err x", "{:.2f}"),
+                         ("calibration.nll_scaled", "NLL scaled", "{:.3f}"),
+                         ("calibration.brier_scaled", "Brier scaled", "{:.3f}"),
+                         ("robustness.accuracy", "corrupted acc", "{:.4f}"),
+                         ("robustness.relative_error", "corruption err x", "{:.2f}"),
                          ("attribution.spearman", "occlusion rho", "{:.2f}"), ("parent", "vs float parent", "")])
 
 
@@ -156,7 +162,8 @@ def _task_lines(task: str, run: dict) -> list[str]:
         return [f"### {task}", "", f"The run failed: `{run['error']}`.", ""]
     rows, registered = run["rows"], (run.get("registered") or {}).get("candidate")
     teacher, final = rows.get("teacher", {}), rows.get(registered, {})
-    int8 = {n: r["parent.fidelity.agreement"] for n, r in rows.items() if r.get("parent.fidelity.agreement") is not None}
+    int8 = {n: r["parent.fidelity.agreement"] for n, r in rows.items()
+            if r.get("parent.fidelity.agreement") is not None}
     out = [f"### {task} (`{run['config']}`)", "", _candidates_table(rows), "",
            f"- Registered: `{registered}`. The fidelity stage took {run['fidelity_seconds']:.0f} s of the pipeline's "
            f"{run['pipeline_seconds']:.0f} s: {_pct(run['cost_share'])} (goal <= {COST_GOAL:.0%}: "
@@ -170,7 +177,8 @@ def _task_lines(task: str, run: dict) -> list[str]:
                    f"{teacher['calibration.temperature']:.2f}), `{registered}` {final['calibration.ece']:.3f} -> "
                    f"{final['calibration.ece_scaled']:.3f} (T = {final['calibration.temperature']:.2f}).")
     if final.get("robustness.relative_error") is not None:
-        out.append(f"- Under the 9 corruptions x 3 severities, `{registered}` errs {final['robustness.relative_error']:.2f}x "
+        out.append(f"- Under the 9 corruptions x 3 severities, `{registered}` errs "
+                   f"{final['robustness.relative_error']:.2f}x "
                    f"as often as the teacher (accuracy {final['robustness.accuracy']:.4f} against clean "
                    f"{final['robustness.clean_accuracy']:.4f} on the same images).")
     out += _churn_lines(run)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PYTHON, QUICK, WORK, save, say, use_prefect_env  # noqa: E402
+from bench.common import PYTHON, QUICK, WORK, save, say, use_prefect_env
 
 CLASSES = 10
 SIZES = (200, 1_000) if QUICK else (1_000, 20_000)
@@ -234,10 +234,11 @@ def throughput_runs(rounds: int = 1 if QUICK else 3) -> list[dict]:
     for side in (256, 1024):
         root = generate(f"throughput-{side}-{THROUGHPUT_IMAGES}", THROUGHPUT_IMAGES, side,
                         side * 3 // 4 if side > 256 else side)
-        makers = {"shrinkflow": lambda: streamed_loader(root, 2),
-                  "torchvision reference": lambda: torchvision_loader(root, 2)}
+        makers = {"shrinkflow": lambda root=root: streamed_loader(root, 2),
+                  "torchvision reference": lambda root=root: torchvision_loader(root, 2)}
         if side > 256:
-            makers["shrinkflow, JPEG decoded at full size"] = lambda: streamed_loader(root, 2, reduce_jpeg=False)
+            makers["shrinkflow, JPEG decoded at full size"] = lambda root=root: streamed_loader(root, 2,
+                                                                                               reduce_jpeg=False)
         seen = {name: [] for name in makers}
         for _ in range(rounds):
             for name, make in makers.items():
@@ -435,7 +436,8 @@ def _throughput_lines(r: dict) -> list[str]:
         "batches (normalised float, as training gets them) against torchvision's ImageFolder + DataLoader with its "
         "reference training preset (ClassificationPresetTrain).", "",
         table(r["throughput"], [("source_px", "source px", ""), ("loader", "loader", ""),
-                                ("images_per_s", "images/s", "{:,.0f}"), ("over_torchvision", "x torchvision", "{:.2f}x")]), "",
+                                ("images_per_s", "images/s", "{:,.0f}"),
+                                ("over_torchvision", "x torchvision", "{:.2f}x")]), "",
         f"- 256 px sources: {at[(256, 'shrinkflow')]:.2f}x torchvision (goal at least 0.95x: "
         f"{goal(at[(256, 'shrinkflow')] >= 0.95)}); 1,024 px JPEGs: {at[(1024, 'shrinkflow')]:.2f}x (goal at least "
         f"1.5x: {goal(at[(1024, 'shrinkflow')] >= 1.5)}), {at[(1024, 'shrinkflow, JPEG decoded at full size')]:.2f}x "
@@ -472,9 +474,11 @@ def _pipeline_lines(r: dict) -> list[str]:
     rows = [{**s, "loader_share": None if s["loader_share"] is None else 100 * s["loader_share"]} for s in p["stages"]]
     return lines + [
         f"(f) `configs/imagenet-resnet18.yaml` from scratch on the 1,000-image folder at 224 px, "
-        f"{p['train_images']} training images, one epoch per training stage, int8 and ONNX on: {p['wall_seconds']:.0f} s "
+        f"{p['train_images']} training images, one epoch per training stage, int8 and ONNX on: "
+        f"{p['wall_seconds']:.0f} s "
         "in all; each stage's MLflow run time and, for training stages, the mean loader share of their epochs:", "",
-        table(rows, [("stage", "stage", ""), ("seconds", "seconds", "{:.1f}"), ("loader_share", "loader %", "{:.0f}%")]),
+        table(rows, [("stage", "stage", ""), ("seconds", "seconds", "{:.1f}"),
+                     ("loader_share", "loader %", "{:.0f}%")]),
         ""]
 
 

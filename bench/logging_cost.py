@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PYTHON, QUICK, WORK, free_port, save, say, use_prefect_env  # noqa: E402
+from bench.common import PYTHON, QUICK, WORK, free_port, save, say, use_prefect_env
 
 CALLS = 20 if QUICK else 100
 EPOCH_ROW = {"train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.78, "lr": 0.001,
@@ -48,11 +48,13 @@ def measure(uri: str) -> dict:
         client.log_metric(run.run_id, "step_loss", 0.5, step=i)
         per_step.append((time.perf_counter() - t) * 1000)
     client.set_terminated(run.run_id)
-    return {"per_epoch_log_batch_ms": statistics.median(per_epoch), "per_epoch_p95_ms": statistics.quantiles(per_epoch, n=20)[18],
+    return {"per_epoch_log_batch_ms": statistics.median(per_epoch),
+            "per_epoch_p95_ms": statistics.quantiles(per_epoch, n=20)[18],
             "per_epoch_async_ms": statistics.median(per_epoch_async),
             "per_epoch_async_p95_ms": statistics.quantiles(per_epoch_async, n=20)[18],
             "async_flush_ms": flush_ms, "async_epochs_confirmed": logged,
-            "per_step_log_metric_ms": statistics.median(per_step), "per_step_p95_ms": statistics.quantiles(per_step, n=20)[18],
+            "per_step_log_metric_ms": statistics.median(per_step),
+            "per_step_p95_ms": statistics.quantiles(per_step, n=20)[18],
             "metrics_per_epoch_call": len(EPOCH_ROW), "calls": CALLS}
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, Timer, prefect_env, save, say  # noqa: E402
+from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, Timer, prefect_env, save, say
 
 ROUNDS = 1 if QUICK else 5
 EPOCHS = 1 if QUICK else 4
@@ -154,7 +154,7 @@ def main() -> None:
             say(f"overhead: {variant}, round {round_ + 1}/{ROUNDS}")
             proc = subprocess.run([PYTHON, __file__, "--variant", variant, "--round", str(round_)], cwd=PROJECT_ROOT,
                                   env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if proc.returncode or not lines:
                 sys.exit(f"overhead {variant} failed:\n{proc.stderr[-3000:]}")
             runs[variant].append(json.loads(lines[-1][7:]))
@@ -175,7 +175,8 @@ def summarise(runs: dict[str, list[dict]], workload: dict) -> dict:
         "round_ratios": round_ratios,
         "ratio_task_over_bare": statistics.median(round_ratios["task"]),
         "ratio_flow_over_bare": statistics.median(round_ratios["flow"]),
-        "min_ratio_task_over_bare": best["task"] / best["bare"], "min_ratio_flow_over_bare": best["flow"] / best["bare"],
+        "min_ratio_task_over_bare": best["task"] / best["bare"],
+        "min_ratio_flow_over_bare": best["flow"] / best["bare"],
         "train_ratio": {v: statistics.median(t / b for t, b in zip(train[v], train["bare"])) for v in ("task", "flow")},
         "outside_training_seconds": {v: statistics.median(x) for v, x in outside.items()},
         "prefect_startup_seconds": [r["startup_seconds"] for r in runs["flow"]],

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, WORK, load_results, machine  # noqa: E402
+from bench.common import PROJECT_ROOT, QUICK, WORK, load_results, machine
 
 DOC = WORK / "quick" / "benchmarks.md" if QUICK else PROJECT_ROOT / "docs" / "benchmarks.md"
 REFERENCES = [("2-conv CNN (~113K params)", 0.922), ("ResNet-18 with augmentation", 0.949), ("MLP 256-128-100", 0.883)]
@@ -66,7 +66,8 @@ def section_overhead(r: dict) -> list[str]:
     w = r["workload"]
     med = r["median_seconds"]
     low = r["min_seconds"]
-    rows = [{"variant": "(a) bare PyTorch loop, in-memory tensors", "s": med["bare"], "x": 1.0, "m": low["bare"], "mx": 1.0},
+    rows = [{"variant": "(a) bare PyTorch loop, in-memory tensors", "s": med["bare"], "x": 1.0, "m": low["bare"],
+             "mx": 1.0},
             {"variant": "(b) shrinkflow tasks + MLflow logging (no Prefect engine)", "s": med["task"],
              "x": r["ratio_task_over_bare"], "m": low["task"], "mx": r["min_ratio_task_over_bare"]},
             {"variant": "(c) the same tasks in a Prefect flow", "s": med["flow"], "x": r["ratio_flow_over_bare"],
@@ -78,9 +79,11 @@ def section_overhead(r: dict) -> list[str]:
         f"validation pass per epoch, save the model. Each variant in a fresh process, {w['rounds']} interleaved "
         "rounds, median and fastest shown. (b) and (c) also write epoch checkpoints, the model file with its "
         "sha256, the training-curve figure and every MLflow record.", "",
-        table(rows, [("variant", "variant", ""), ("s", "seconds (median)", "{:.1f}"), ("x", "median ratio to (a)", "{:.3f}"),
-                     ("m", "seconds (fastest)", "{:.1f}"), ("mx", "fastest ratio to (a)", "{:.3f}")]),
-        "", "Every run: " + "; ".join(f"{v}: " + ", ".join(f"{x['seconds']:.1f} s" for x in rs) for v, rs in r["runs"].items()) + ".",
+        table(rows, [("variant", "variant", ""), ("s", "seconds (median)", "{:.1f}"),
+                     ("x", "median ratio to (a)", "{:.3f}"), ("m", "seconds (fastest)", "{:.1f}"),
+                     ("mx", "fastest ratio to (a)", "{:.3f}")]),
+        "", "Every run: " + "; ".join(f"{v}: " + ", ".join(f"{x['seconds']:.1f} s" for x in rs)
+                                      for v, rs in r["runs"].items()) + ".",
         "",
         f"- Goal (b)/(a) <= 1.05: {goal(r['ratio_task_over_bare'] <= 1.05)}; (c)/(a) <= 1.05: "
         f"{goal(r['ratio_flow_over_bare'] <= 1.05)}.",
@@ -125,7 +128,8 @@ def section_compression(r: dict) -> list[str]:
     out = ["## 3. Compression results", ""]
     demo = runs["quickstart"]
     out += ["### The demo: classes 5-9 (sandal, shirt, sneaker, bag, ankle boot), 100 labels per class", "",
-            f"`configs/quickstart.yaml` after `configs/pretrain.yaml` (pretrain {runs['pretrain']['seconds'] / 60:.1f} min "
+            f"`configs/quickstart.yaml` after `configs/pretrain.yaml` "
+            f"(pretrain {runs['pretrain']['seconds'] / 60:.1f} min "
             f"including Prefect's start-up, quickstart {demo['seconds'] / 60:.1f} min). Ratios against the fine-tuned "
             "teacher; latency and throughput on 1 thread.", "", candidates(demo["table"]), ""]
     out += compression_goals(demo["table"], demo["kd_gain"]) + int8_verdicts(demo)
@@ -143,10 +147,12 @@ def section_compression(r: dict) -> list[str]:
         run = runs[f"fmnist10_ratio_{ratio}"]
         pruned = next((x for x in run["table"] if x["candidate"] == "pruned"), None)
         if pruned:
-            extra.append({**pruned, "candidate": f"pruned, ratio {ratio}", "accuracy_drop": 100 * pruned["accuracy_drop"]})
+            extra.append({**pruned, "candidate": f"pruned, ratio {ratio}",
+                          "accuracy_drop": 100 * pruned["accuracy_drop"]})
         quant = next((x for x in run["table"] if x["candidate"] == "quantized_static"), None)
         if quant:
-            extra.append({**quant, "candidate": f"int8 static of ratio {ratio}", "accuracy_drop": 100 * quant["accuracy_drop"]})
+            extra.append({**quant, "candidate": f"int8 static of ratio {ratio}",
+                          "accuracy_drop": 100 * quant["accuracy_drop"]})
     main_pruned = next((x for x in full["table"] if x["candidate"] == "pruned"), None)
     if main_pruned:
         extra.insert(len(extra) // 2, {**main_pruned, "candidate": "pruned, ratio 0.6 (above)",
@@ -194,7 +200,8 @@ def section_search(r: dict) -> list[str]:
     if best_s is not None and best_g is not None:
         gap = 100 * (best_s - best_g)
         share = s["trial_seconds"] / g["trial_seconds"]
-        out.append(f"- (a) the search ({s['completed']} trials) against the grid ({g['completed']} points): best feasible "
+        out.append(f"- (a) the search ({s['completed']} trials) against the grid ({g['completed']} points): "
+                   f"best feasible "
                    f"val accuracy {gap:+.2f} points (goal: at "
                    f"most 0.3 below; {goal(gap >= -0.3)}), in {share:.2f}x the grid's trial-seconds (goal: at most "
                    f"0.5x; {goal(share <= 0.5)}).")
@@ -211,7 +218,8 @@ def section_search(r: dict) -> list[str]:
     if found and hand:
         out += ["", "(e) The model the search registered beside the hand-tuned `configs/quickstart.yaml` result "
                 "(its registered int8 model) on the same teacher, test split:", "",
-                table([{**hand, "candidate": "hand-tuned quickstart (int8)"}, {**found, "candidate": f"search: {found['candidate']}"}],
+                table([{**hand, "candidate": "hand-tuned quickstart (int8)"},
+                       {**found, "candidate": f"search: {found['candidate']}"}],
                       [("candidate", "model", ""), ("accuracy", "test acc", "{:.4f}"), ("params", "params", "{:,}"),
                        ("macs", "MACs", "{:,}"), ("size_bytes", "file bytes", "{:,}"),
                        ("latency_p50_ms", "p50 ms (b=1)", "{:.2f}")])]
@@ -260,7 +268,8 @@ def section_startup(r: dict) -> list[str]:
     rows = [{"what": "`python -c pass` (interpreter alone)", "s": r["python_start_s"]},
             {"what": "`shrinkflow --help`", "s": r["cli_help_s"]},
             {"what": "`python -c 'import cli.main'`", "s": r["import_flows_cli_s"]},
-            {"what": "`shrinkflow run configs/smoke.yaml`: to the pipeline's MLflow run, new Prefect home", "s": r["cold"]["to_pipeline_run_s"]},
+            {"what": "`shrinkflow run configs/smoke.yaml`: to the pipeline's MLflow run, new Prefect home",
+             "s": r["cold"]["to_pipeline_run_s"]},
             {"what": "... to the first task (load_data), new Prefect home", "s": r["cold"]["to_first_task_s"]},
             {"what": "... to the pipeline's MLflow run, same Prefect home", "s": r["warm"]["to_pipeline_run_s"]},
             {"what": "... to the first task, same Prefect home", "s": r["warm"]["to_first_task_s"]}]
@@ -272,7 +281,8 @@ def section_serving(r: dict) -> list[str]:
     """Issue #15's benchmark: served latency per runtime, through MLflow's scoring server on loopback."""
     served, bare = r["served"], r["bare"]
     rows = [{"runtime": name, "candidate": r["runtimes"][name][0],
-             "s1": served[name]["1"]["p50_ms"], "s1p95": served[name]["1"]["p95_ms"], "s64": served[name]["64"]["p50_ms"],
+             "s1": served[name]["1"]["p50_ms"], "s1p95": served[name]["1"]["p95_ms"],
+             "s64": served[name]["64"]["p50_ms"],
              "b1": bare[name]["predict_1"]["p50_ms"], "m1": bare[name]["model_1"]["p50_ms"],
              "b64": bare[name]["predict_64"]["p50_ms"], "m64": bare[name]["model_64"]["p50_ms"],
              "over1": served[name]["1"]["p50_ms"] - bare[name]["predict_1"]["p50_ms"],
@@ -284,10 +294,12 @@ def section_serving(r: dict) -> list[str]:
            "servers (p50, p95 in ms, client-side). *Bare predict*: the same pyfunc's `predict` in the benchmark "
            "process; *model*: the model call alone (logits of prepared input). *Server adds*: served minus bare "
            "predict, i.e. HTTP, JSON parsing and the JSON answer.", "",
-           table(rows, [("runtime", "runtime", ""), ("candidate", "model file", ""), ("s1", "served 1 img p50", "{:.2f}"),
+           table(rows, [("runtime", "runtime", ""), ("candidate", "model file", ""),
+                        ("s1", "served 1 img p50", "{:.2f}"),
                         ("s1p95", "p95", "{:.2f}"), ("b1", "bare predict", "{:.2f}"), ("m1", "model", "{:.3f}"),
                         ("over1", "server adds", "{:.2f}"), ("s64", "served 64 img p50", "{:.2f}"),
-                        ("b64", "bare predict", "{:.2f}"), ("m64", "model", "{:.2f}"), ("over64", "server adds", "{:.2f}")]),
+                        ("b64", "bare predict", "{:.2f}"), ("m64", "model", "{:.2f}"),
+                        ("over64", "server adds", "{:.2f}")]),
            ""]
     by = {row["runtime"]: row for row in rows}
     ratio, bare_ratio = by["torch eager"]["s1"] / by["ORT float"]["s1"], by["torch eager"]["m1"] / by["ORT float"]["m1"]
@@ -295,15 +307,19 @@ def section_serving(r: dict) -> list[str]:
     out += [f"- Goal: ORT p50 at one image >= 3x lower than torch eager for the same model (`pruned`): served "
             f"{ratio:.2f}x ({goal(ratio >= 3)}); the model call alone {bare_ratio:.2f}x. Torch int8 against ORT int8 "
             f"served: {int8_ratio:.2f}x.",
-            f"- The server's own share at one image: {by['ORT float']['over1']:.2f} ms of {by['ORT float']['s1']:.2f} ms "
+            f"- The server's own share at one image: {by['ORT float']['over1']:.2f} ms of "
+            f"{by['ORT float']['s1']:.2f} ms "
             f"on ORT float, {by['torch eager']['over1']:.2f} ms of {by['torch eager']['s1']:.2f} ms on torch eager. "
-            f"Even an onnxruntime call that took no time at all would be served in about {by['ORT float']['over1']:.2f} ms, "
-            f"at most {by['torch eager']['s1'] / by['ORT float']['over1']:.2f}x below torch eager: for a model this small "
+            f"Even an onnxruntime call that took no time at all would be served in about "
+            f"{by['ORT float']['over1']:.2f} ms, "
+            f"at most {by['torch eager']['s1'] / by['ORT float']['over1']:.2f}x below torch eager: "
+            f"for a model this small "
             "the 3x goal is out of reach through MLflow's scoring server, whatever the runtime."]
     for batch, part in r.get("server_parts", {}).items():
         out.append(f"- {batch} image{'s' if batch != '1' else ''} ({part['request_bytes']:,} request bytes): MLflow's "
                    f"request parsing (JSON to model input; it deep-copies the nested lists) takes "
-                   f"{part['parse_request']['p50_ms']:.2f} ms and the answer's JSON {part['answer_to_json']['p50_ms']:.2f} ms, "
+                   f"{part['parse_request']['p50_ms']:.2f} ms and the answer's JSON "
+                   f"{part['answer_to_json']['p50_ms']:.2f} ms, "
                    "measured in-process; the rest of what the server adds is HTTP and its own dispatch.")
     return out + [""]
 
@@ -311,7 +327,8 @@ def section_serving(r: dict) -> list[str]:
 def section_suite(r: dict) -> list[str]:
     """Issue #16's goal: `make test` within 10 minutes on the slowest machine, emulated with a CPU quota."""
     rows = [{"run": "this machine" if name == "full" else f"{r['fraction']:g} of its CPU (cgroup quota)",
-             "wall": run["wall_s"] / 60, "cpu": run["cpu_s"], "pytest": run["pytest"]} for name, run in r["runs"].items()]
+             "wall": run["wall_s"] / 60, "cpu": run["cpu_s"], "pytest": run["pytest"]}
+            for name, run in r["runs"].items()]
     out = ["## 10. The test suite", "",
            f"`{r['command']}`: `make {r['target']}` as README prints it, then the same inside a cgroup allowed "
            f"{r['fraction']:g} of this machine's {r['cores']} cores (a machine that much slower; a quota is harsher "
@@ -340,7 +357,8 @@ def main() -> None:
     lines += ["## Machine and versions", "",
               f"- CPU: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, mkldnn "
               f"{info['mkldnn']}; no GPU used. Python {info['python']} on {info['os']}.",
-              "- " + ", ".join(f"{k} {v}" for k, v in info["packages"].items()) + f"; shrinkflow commit {info['git_commit']}.",
+              "- " + ", ".join(f"{k} {v}" for k, v in info["packages"].items())
+              + f"; shrinkflow commit {info['git_commit']}.",
               "- Commands: " + ", ".join(f"`{r['command']}`" for r in results.values()) + " (each writes "
               "`bench/results/<name>.json`), then `python bench/report.py`.",
               "- Finished: " + ", ".join(f"{k} {r['finished']} (commit {r.get('git_commit', 'not recorded')}"

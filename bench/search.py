@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env
 
 # Depth x KD temperature: 2 x 6 = 12 grid points; the search gets 5 trials. int8 is not a knob here: the
 # config quantizes every trial's pruned model (seconds, against minutes of training) and keeps the int8 model

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, Timer, free_port, machine, save, say, use_prefect_env  # noqa: E402
+from bench.common import PROJECT_ROOT, QUICK, Timer, free_port, machine, save, say, use_prefect_env
 
 RUNTIMES = {  # name: (candidate, runtime)
     "torch eager": ("pruned", "torch"), "torch int8": ("quantized_static", "torch"),
@@ -85,8 +85,8 @@ def start_servers(dirs: dict[str, Path], work: Path) -> dict[str, tuple]:
         port = free_port()
         log = open(work / f"serve-{path.name}.log", "w")
         proc = subprocess.Popen(["mlflow", "models", "serve", "-m", str(path), "--env-manager", "local", "-h",
-                                 "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                 "127.0.0.1", "-p", str(port), "-w", "1"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         servers[name] = (proc, f"http://127.0.0.1:{port}")
     for name, (proc, url) in servers.items():
         _wait_up(proc, url, name)
@@ -115,7 +115,7 @@ def served_latency(servers: dict, images) -> dict:
     bodies = {b: json.dumps({"inputs": images[:b].tolist()}) for b in BATCHES}
     times = {name: {b: [] for b in BATCHES} for name in servers}
     with httpx.Client(timeout=60, headers={"Content-Type": "application/json"}) as client:
-        for name, (_, url) in servers.items():  # warm-up: first requests load lazily initialised kernels
+        for _name, (_, url) in servers.items():  # warm-up: first requests load lazily initialised kernels
             for b in BATCHES:
                 for _ in range(5):
                     client.post(f"{url}/invocations", content=bodies[b]).raise_for_status()
@@ -202,7 +202,8 @@ def main() -> None:
     results = {"machine": machine(), "rounds": ROUNDS, "runtimes": {name: list(v) for name, v in RUNTIMES.items()},
                "candidates": {c: {k: rows[c][k] for k in ("accuracy", "params", "macs", "size_bytes")}
                               for c in ("pruned", "quantized_static")},
-               "served": {name: {str(b): _summary(v) for b, v in by_batch.items()} for name, by_batch in served.items()},
+               "served": {name: {str(b): _summary(v) for b, v in by_batch.items()}
+                          for name, by_batch in served.items()},
                "bare": {name: {k: _summary(v) for k, v in by_kind.items()} for name, by_kind in bare.items()},
                "server_parts": server_parts(dirs["ORT float"], images),
                "command": "python bench/serving.py"}

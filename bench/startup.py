@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, prefect_env, save, say  # noqa: E402
+from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, prefect_env, save, say
 
 REPEATS = 2 if QUICK else 5
 
@@ -29,8 +29,9 @@ def first_task(env: dict, uri: str, name: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     started = time.time()
-    proc = subprocess.run([str(Path(PYTHON).parent / "shrinkflow"), "run", "configs/smoke.yaml", "--set", f"name={name}",
-                           "--set", f"tracking.uri={uri}", "--set", f"output_dir={WORK / 'startup' / 'outputs'}",
+    proc = subprocess.run([str(Path(PYTHON).parent / "shrinkflow"), "run", "configs/smoke.yaml",
+                           "--set", f"name={name}", "--set", f"tracking.uri={uri}",
+                           "--set", f"output_dir={WORK / 'startup' / 'outputs'}",
                            "--set", "export.onnx=false"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     total = time.time() - started
     if proc.returncode:

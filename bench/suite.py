@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, save, say  # noqa: E402
+from bench.common import PROJECT_ROOT, QUICK, save, say
 
 PERIOD_US = 100_000
 QUICK_TESTS = "tests/test_config.py tests/test_data.py"

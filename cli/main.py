@@ -21,7 +21,8 @@ from tasks.config import PROJECT_ROOT
 
 def _environment_defaults(verbose: bool) -> None:
     """Prefect reads its settings when imported: set them first."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # all of it reaches the log file; the console gets shrinkflow's own lines
+    # all of it reaches the log file; the console gets shrinkflow's own lines
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -47,13 +48,15 @@ def _flow(name: str):
 
 def _print_result(result: dict) -> None:
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
-    print(f"stages run: {', '.join(result['executed'])}" + (f"; cached: {', '.join(result['cached'])}" if result["cached"] else ""))
+    print(f"stages run: {', '.join(result['executed'])}"
+          + (f"; cached: {', '.join(result['cached'])}" if result["cached"] else ""))
     print("\n" + result["markdown"] + "\n")
     if result.get("kd_gain") is not None:
         print(f"KD gain (student with KD - without, test accuracy): {100 * result['kd_gain']:+.2f} points")
     if result.get("registered"):
         reg = result["registered"]
-        print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, accuracy {reg['accuracy']:.4f}, "
+        print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, "
+              f"accuracy {reg['accuracy']:.4f}, "
               f"serves on {reg['runtime']})")
 
 
@@ -262,7 +265,8 @@ def cmd_compare(args) -> int:
     if runs.empty:
         print(f"no {what}")
         return 0
-    table = table(runs).rename(columns=lambda c: c.removeprefix("metrics.").removeprefix("tags.").removeprefix("params."))
+    table = table(runs).rename(
+        columns=lambda c: c.removeprefix("metrics.").removeprefix("tags.").removeprefix("params."))
     table = table.rename(columns={"mlflow.runName": "run_name", "shrinkflow.config_hash": "config_hash"})
     if args.csv:
         table.to_csv(args.csv, index=False)
@@ -270,7 +274,8 @@ def cmd_compare(args) -> int:
     else:
         import pandas as pd
 
-        with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4f}".format):
+        with pd.option_context("display.max_columns", None, "display.width", 200,
+                               "display.float_format", "{:.4f}".format):
             print(table.to_string(index=False))
     return 0
 
@@ -333,7 +338,8 @@ def cmd_demo(args) -> int:
     print(f"browse the runs: cd {PROJECT_ROOT} && .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
           "  (then open http://127.0.0.1:5000)")
     if result.get("registered"):
-        print(f"serve the model: cd {PROJECT_ROOT} && PATH=\"$PWD/.venv/bin:$PATH\" MLFLOW_TRACKING_URI=sqlite:///mlflow.db "
+        print(f"serve the model: cd {PROJECT_ROOT} && PATH=\"$PWD/.venv/bin:$PATH\" "
+              "MLFLOW_TRACKING_URI=sqlite:///mlflow.db "
               f"mlflow models serve -m {result['registered']['uri']} --env-manager local -h 127.0.0.1 -p 5001"
               "  (README: Serve the model)")
     return 0
@@ -377,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = pred.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="folder of images: root/<class>/<image> (class by name or label id) or flat")
     what.add_argument("--config", help="score the test split of this config's data")
-    pred.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in --config, e.g. data.test_per_class=100")
+    pred.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override in --config, e.g. data.test_per_class=100")
     pred.add_argument("--experiment", default="shrinkflow-predictions")
     pred.add_argument("--tracking-uri", help="MLflow store of the model registry (default as for run)")
     pred.add_argument("--output", help="CSV path (default outputs/predictions/<run-id>/predictions.csv)")
@@ -411,7 +418,7 @@ def _run_command(args, log_path: Path, log_stream, real_stderr) -> int:
     except KeyboardInterrupt:
         print("shrinkflow: interrupted", file=real_stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - every failure ends as one line; the traceback goes to the log
+    except Exception as exc:  # every failure ends as one line; the traceback goes to the log (logged with exc_info)
         logging.getLogger("shrinkflow.cli").debug("command failed", exc_info=True)
         log_stream.flush()
         if is_bad_input(exc):

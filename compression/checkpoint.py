@@ -128,8 +128,9 @@ def read_model_file(path: str | os.PathLike, expected_sha256: str | None = None)
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CompressionError(f"cannot read model file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}") from None
+    except Exception as exc:  # noqa: BLE001 - a bad file fails torch.load in many unrelated types; all are refused
+        raise CompressionError(f"cannot read model file {path}: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:120]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CompressionError(f"{path} is not a shrinkflow model file (format {FORMAT})")
     return payload

@@ -69,7 +69,8 @@ def with_fidelity(rows: list[dict], fidelity: dict) -> list[dict]:
             merged.append(row)
             continue
         parent = {f"parent.{key}": value for key, value in (pair.get("parent") or {}).items()}
-        extra = {"what_changed": fidelity["sentences"][row["candidate"]]} if row["candidate"] in fidelity["sentences"] else {}
+        extra = ({"what_changed": fidelity["sentences"][row["candidate"]]}
+                 if row["candidate"] in fidelity["sentences"] else {})
         merged.append({**row, **pair["reference"], **parent, **extra, "fidelity.method": fidelity["note"]})
     return merged
 

@@ -13,17 +13,26 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from compression import CompressionError
-from compression.images import ImageTransform, decode
-from compression.loader import (SINGLE, FolderBatches, FolderSplit, Shard, default_workers, epoch_order, global_batches,
-                                shard_positions, start_worker_server)
+from compression.images import ImageTransform
+from compression.loader import (
+    SINGLE,
+    FolderBatches,
+    FolderSplit,
+    Shard,
+    default_workers,
+    epoch_order,
+    global_batches,
+    shard_positions,
+    start_worker_server,
+)
 from compression.manifest import Manifest, scan
 
 FASHION_MNIST_CLASSES = [
@@ -56,7 +65,8 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise CompressionError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise CompressionError(f"images must be uint8 [N, C, H, W], "
+                                   f"got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise CompressionError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -224,8 +234,9 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
             raw = target / "FashionMNIST" / "raw"
             if _has_fashion_mnist(raw):
                 return raw
-        except Exception as exc:  # no network, no write permission, ...
-            tried.append(f"torchvision download into {target} ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+        except Exception as exc:  # noqa: BLE001 - no network, no write permission, bad checksum, ...: one more place tried
+            tried.append(f"torchvision download into {target} "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
     else:
         tried.append("torchvision download (disabled)")
     raise CompressionError(

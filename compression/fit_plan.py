@@ -7,8 +7,9 @@ its shard of the bundle with `train_on`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from torch import nn
 
@@ -63,6 +64,6 @@ def train_on(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, plan: FitPl
                            channels=channels, shard=cluster.shard)
     check_trainable(len(train.split), cfg.batch_size, cluster.shard)
     val = bundle.batches("val", EVAL_BATCH_PER_PROCESS * cluster.world, channels=channels, shard=cluster.shard)
-    return fit(model, train, val, cfg, loss_fn=plan.loss_fn(cfg, teacher), param_groups=plan.param_groups(model, cfg.lr),
-               on_epoch_start=plan.epoch_hook(), on_epoch_end=on_epoch_end, checkpoint_dir=checkpoint_dir,
-               name=name, cluster=cluster)
+    return fit(model, train, val, cfg, loss_fn=plan.loss_fn(cfg, teacher),
+               param_groups=plan.param_groups(model, cfg.lr), on_epoch_start=plan.epoch_hook(),
+               on_epoch_end=on_epoch_end, checkpoint_dir=checkpoint_dir, name=name, cluster=cluster)

@@ -8,8 +8,8 @@ figure is within its limit. A figure the row lacks fails the gate: an unmeasured
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from compression import CompressionError
 

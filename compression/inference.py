@@ -8,7 +8,7 @@ against the model (dimensions, channels, size) and says what is wrong in one lin
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ def as_images(array, channels: int, size: int) -> torch.Tensor:
         images = np.asarray(array)
     except (ValueError, TypeError) as exc:
         raise BadImages(f"images must be a numeric array: {exc}") from None
-    if images.dtype == bool or not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+    if images.dtype == bool or not (np.issubdtype(images.dtype, np.integer)
+                                    or np.issubdtype(images.dtype, np.floating)):
         raise BadImages(f"images must be numbers (uint8 0-255 or float 0-1), got dtype {images.dtype}")
     if images.ndim == 3:
         images = images[:, None]
@@ -156,5 +157,5 @@ def true_labels(folders: Sequence[str | None], labels: Sequence[int], names: Seq
     unknown = sorted({f for f in folders if f is not None and f not in by_folder})
     if unknown:
         raise CompressionError(f"class folder(s) {', '.join(unknown)} match none of the model's classes "
-                               f"({', '.join(f'{l}={n}' for l, n in zip(labels, names))})")
+                               f"({', '.join(f'{label}={n}' for label, n in zip(labels, names))})")
     return [None if f is None else by_folder[f] for f in folders]

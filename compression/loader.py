@@ -154,7 +154,8 @@ class _EpochSampler:
     def __iter__(self):
         order, _ = epoch_order(self.n, self.shuffle, self.seed, self.epoch)
         for i in range(len(self)):
-            positions = shard_positions(order, i * self.global_batch, min((i + 1) * self.global_batch, self.n), self.shard)
+            positions = shard_positions(order, i * self.global_batch, min((i + 1) * self.global_batch, self.n),
+                                        self.shard)
             if len(positions):
                 yield self.epoch, positions
 
@@ -188,7 +189,8 @@ def usable_workers(requested: int) -> int:
     if requested and not may_start_workers():
         if not _warned_daemonic:
             log.warning("[data] this process is daemonic (a Dask worker?) and cannot start loader workers: "
-                        "decoding in the process itself (start Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False)")
+                        "decoding in the process itself "
+                        "(start Dask workers with DASK_DISTRIBUTED__WORKER__DAEMON=False)")
             _warned_daemonic = True
         return 0
     return requested

@@ -11,13 +11,12 @@ import threading
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 from torchvision.models import vision_transformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 from compression import CompressionError
-
 
 # ---------------------------------------------------------------- the spec
 

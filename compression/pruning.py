@@ -4,12 +4,12 @@ structured channel pruning that physically removes channels, built on Torch-Prun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from typing import Callable, Iterable
 
 import torch
-from torch import nn
 import torch_pruning as tp
+from torch import nn
 from torchvision.models import shufflenetv2
 from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import VisionTransformer

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import Iterable
 
 import torch
 from torch import nn

@@ -22,9 +22,9 @@ import math
 import numbers
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 import torch
 from torch import nn
@@ -136,7 +136,7 @@ class FloatRange:
     log: bool = False
 
 
-Space = dict[str, Union[Choice, FloatRange]]
+Space = dict[str, Choice | FloatRange]
 
 # Optuna's suggest_categorical takes only these; other values go to it as their JSON text.
 _SCALARS = (type(None), bool, int, float, str)

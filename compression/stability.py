@@ -71,8 +71,8 @@ def population_report(predictions: dict[str, torch.Tensor], labels: torch.Tensor
             "forgotten": int(forgotten.numel()),
             "forgotten_per_class": torch.bincount(labels[forgotten], minlength=len(classes)).tolist(),
             "modal_accuracy": (modal == labels).double().mean().item(),
-            "reference_modal_accuracy_on_forgotten": (teacher_modal[forgotten] == labels[forgotten]).double().mean().item()
-            if forgotten.numel() else None,
+            "reference_modal_accuracy_on_forgotten": ((teacher_modal[forgotten] == labels[forgotten]).double().mean()
+                                                      .item() if forgotten.numel() else None),
         }
     return out
 

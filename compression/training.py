@@ -18,9 +18,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,7 +76,8 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -114,7 +115,8 @@ def precision_for(device: torch.device, amp: bool = True) -> Precision:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Batches, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, batches: Batches,
+            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of the whole split, model in eval mode."""
     device = device or next(model.parameters(), torch.empty(0)).device  # int8 models have no parameters
     was_training = model.training
@@ -258,7 +260,8 @@ class _Session:
         result = self.result
         return {
             "fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "history": result.history, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
             "best_state": self.best_state, "stopped_early": result.stopped_early,
         }
@@ -310,7 +313,8 @@ class _EpochCheckpoints:
         if not self.path:
             return
         mine = self.cluster.is_leader
-        state = load_checkpoint(self.path, self.fingerprint, device if not self.cluster.distributed else "cpu") if mine else None
+        state = (load_checkpoint(self.path, self.fingerprint, device if not self.cluster.distributed else "cpu")
+                 if mine else None)
         state = self.cluster.share(state)
         if state is not None:
             session.restore(state)

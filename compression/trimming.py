@@ -25,8 +25,17 @@ from dataclasses import dataclass
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import convnext, efficientnet, mnasnet, mobilenetv2, mobilenetv3, regnet, resnet
-from torchvision.models import swin_transformer, vision_transformer
+from torchvision.models import (
+    convnext,
+    efficientnet,
+    mnasnet,
+    mobilenetv2,
+    mobilenetv3,
+    regnet,
+    resnet,
+    swin_transformer,
+    vision_transformer,
+)
 
 from compression import CompressionError
 from compression.models import arch_name, model_spec, refusal, update_spec

@@ -34,9 +34,22 @@ from tasks.finetune import finetune
 from tasks.preflight import check_dask, check_search_cluster
 from tasks.prune import prune
 from tasks.quantize import quantize
-from tasks.search import (check_constructible, failed_outcome, finished, measure_trial, plan_search, record,
-                          sampled_space, search_report, study_key, study_session, target_trials, trial_config,
-                          trial_overrides, trial_run)
+from tasks.search import (
+    check_constructible,
+    failed_outcome,
+    finished,
+    measure_trial,
+    plan_search,
+    record,
+    sampled_space,
+    search_report,
+    study_key,
+    study_session,
+    target_trials,
+    trial_config,
+    trial_overrides,
+    trial_run,
+)
 from tasks.tracking import fail_orphaned_runs
 from tasks.trim import trim
 

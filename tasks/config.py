@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from compression.train_config import TrainConfig
 
@@ -50,7 +49,8 @@ class DataConfig(Section):
                             "resize + centre crop) or small (centre fit, 2-pixel shifted crop + flip); auto: "
                             "reference from 64 px up")
     resize_size: int | None = Field(None, ge=8, description="evaluation resize of the short side before the centre "
-                                                            "crop; default image_size / 0.875 (reference) or image_size (small)")
+                                                            "crop; default image_size / 0.875 (reference) or "
+                                                            "image_size (small)")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="reference training crop: share of the image area")
     hflip: bool = Field(True, description="random horizontal flips in training")
     loader_workers: int | None = Field(None, ge=0, description="image-folder only: DataLoader worker processes "
@@ -178,10 +178,13 @@ class PruneConfig(StageConfig):
 
 class QuantizeConfig(Section):
     enabled: bool = False
-    modes: list[Literal["static", "dynamic"]] = Field(["static"], min_length=1, description="static: conv+linear int8 with calibration; dynamic: linear only")
+    modes: list[Literal["static", "dynamic"]] = Field(
+        ["static"], min_length=1, description="static: conv+linear int8 with calibration; dynamic: linear only")
     backend: str = Field("x86", description="torch quantized engine: x86, fbgemm, onednn or qnnpack")
     calibration_size: int = Field(256, description="training images the static observers see")
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the float model on the val split; a quantized model further off is not offered as a candidate")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="vs the float model on the val split; a quantized model further off is not "
+                                      "offered as a candidate")
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("x86", "fbgemm", "onednn", "qnnpack")
 
@@ -209,7 +212,8 @@ class QuantizeConfig(Section):
 
 
 class ExportConfig(Section):
-    onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, time onnxruntime; "
+    onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, "
+                       "time onnxruntime; "
                        "with static int8 also an int8 ONNX by onnxruntime's quantizer, gated like the torch int8 model")
     opset: int = Field(18, ge=13, le=23)
     parity_atol: float = Field(1e-3, gt=0, description="max abs logit difference an export may have")
@@ -219,8 +223,10 @@ class EvaluateConfig(Section):
     threads: int = Field(1, ge=1)
     latency_repeats: int = Field(30, ge=5)
     throughput_batch: int = Field(64, ge=1)
-    speed_rounds: int = Field(3, ge=1, description="latency/throughput rounds taking turns over the candidates; the median is reported")
-    throughput_seconds: float = Field(0.25, gt=0, description="each throughput measurement times batches for at least this long")
+    speed_rounds: int = Field(3, ge=1, description="latency/throughput rounds taking turns over the candidates; "
+                                                   "the median is reported")
+    throughput_seconds: float = Field(0.25, gt=0, description="each throughput measurement times batches for at "
+                                                              "least this long")
 
 
 # The corruptions compression/corruptions.py makes (listed here too: a config is checked without torch).
@@ -236,7 +242,8 @@ class FidelityConfig(Section):
     bootstrap: int = Field(1000, ge=100, description="resamples of the paired bootstrap interval of the accuracy drop")
     corruption_images: int | None = Field(200, ge=1, description="test images scored under corruptions, a stratified "
                                                                  "subset (the same share of every class); None: all")
-    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(list(CORRUPTION_NAMES), description="[]: no robustness figures")
+    corruptions: list[Literal[CORRUPTION_NAMES]] = Field(list(CORRUPTION_NAMES),
+                                                         description="[]: no robustness figures")
     severities: list[Literal[1, 2, 3]] = Field([1, 2, 3], min_length=1)
     attribution_images: int = Field(8, ge=0, description="test images whose occlusion maps are compared; 0: none")
     grid_images: int = Field(12, ge=1, le=60, description="forgotten images shown in each candidate's grid")
@@ -254,7 +261,8 @@ class GatesConfig(Section):
     report against the teacher (docs/fidelity.md). A candidate that fails one is not registered @champion."""
 
     max_drop_ci_high: float | None = Field(None, ge=0, le=1, description="upper end of the 95% interval of the test "
-                                                                          "accuracy drop vs the teacher (0.01 = 1 point)")
+                                                                          "accuracy drop vs the teacher "
+                                                                          "(0.01 = 1 point)")
     max_images_lost: int | None = Field(None, ge=0, description="test images the teacher gets right and the candidate "
                                                                 "gets wrong")
     max_class_drop: float | None = Field(None, ge=0, le=1, description="largest drop of one class's test accuracy")
@@ -319,7 +327,8 @@ class DistributedConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the project")
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or "
+                                              "sqlite:///mlflow.db in the project")
     experiment: str = "shrinkflow"
 
 
@@ -392,7 +401,9 @@ class SearchConfig(Section):
     seed: int | None = Field(None, ge=0, description="the sampler's seed; default the pipeline seed")
     trial_epochs: int = Field(1, ge=1, description="distillation and recovery epochs of a trial (its fidelity)")
     top_k: int = Field(2, ge=0, description="best feasible trials trained again at the config's full epochs")
-    sampler: Literal["tpe", "grid"] = Field("tpe", description="tpe: Optuna's TPE; grid: the grid's points in a seeded random order, at most `trials` of them (all with trials >= the grid's size)")
+    sampler: Literal["tpe", "grid"] = Field(
+        "tpe", description="tpe: Optuna's TPE; grid: the grid's points in a seeded random order, at most `trials` "
+                           "of them (all with trials >= the grid's size)")
     grid_points: int = Field(3, ge=2, description="values per float range of the grid sampler")
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask scheduler")
 
@@ -418,7 +429,8 @@ NOT_RESULTS = frozenset({"name", "output_dir", "tracking"})
 class PipelineConfig(Section):
     name: str = "pipeline"
     seed: int = Field(0, ge=0)
-    source: str = Field(..., description="torchvision:<arch>[:<weights>] | scratch:<arch> | models:/<name>@<alias> | models:/<name>/<version> | file:<path>")
+    source: str = Field(..., description="torchvision:<arch>[:<weights>] | scratch:<arch> | models:/<name>@<alias> | "
+                                         "models:/<name>/<version> | file:<path>")
     output_dir: str = "outputs"
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()

@@ -138,7 +138,8 @@ def fit_distributed(settings: DistributedConfig, run, model: nn.Module, bundle: 
     stage's MLflow run the leader logs each epoch to (None: no logging)."""
     Shard(0, settings.world_size).batch_size(cfg.batch_size)  # bad input: refused before any process starts
     job_dir = Path(checkpoint_dir).parent / f"{Path(checkpoint_dir).name}-job"
-    tracking = {"uri": run.client.tracking_uri, "run_id": run.run_id, "stage": run.stage, "prefix": prefix} if run else None
+    tracking = ({"uri": run.client.tracking_uri, "run_id": run.run_id, "stage": run.stage, "prefix": prefix}
+                if run else None)
     details = {"plan": plan.to_dict(), "train": asdict(cfg), "split": split, "checkpoint_dir": str(checkpoint_dir),
                "name": name, "tracking": tracking}
     job_path = _write_job(job_dir, model, bundle, teacher, details)

@@ -31,14 +31,16 @@ def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
                      "path": ref["path"], "stage_run_id": ref["run_id"], "source_sha256": ref.get("source_sha256")})
         run.log_metrics({f"class_{i}": acc for i, acc in enumerate(metrics["per_class_accuracy"])},
                         prefix=f"{name}.per_class.")
-        fig = plots.confusion_matrix(metrics["confusion"], bundle.classes, f"{name}: test accuracy {metrics['accuracy']:.4f}")
+        fig = plots.confusion_matrix(metrics["confusion"], bundle.classes,
+                                     f"{name}: test accuracy {metrics['accuracy']:.4f}")
         run.log_figure(fig, f"confusion/{name}.png")
         plots.close(fig)
-    speeds = interleaved_speed(models, examples, settings.speed_rounds, measured={row["candidate"]: row for row in rows},
-                               **timing)
+    speeds = interleaved_speed(models, examples, settings.speed_rounds,
+                               measured={row["candidate"]: row for row in rows}, **timing)
     for row in rows:
         row.update(speeds[row["candidate"]])
-        run.log_metrics({k: v for k, v in row.items() if k not in ("candidate", "threads")}, prefix=f"{row['candidate']}.")
+        run.log_metrics({k: v for k, v in row.items() if k not in ("candidate", "threads")},
+                        prefix=f"{row['candidate']}.")
     run.log_dict({"rows": rows}, "evaluation.json")
     return {"rows": rows}
 

@@ -79,7 +79,7 @@ def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dic
                                 workdir / f"{name}.onnx")
     sess, info = _measure(cfg, bundle, path, channels, model)
     float_sess = session(float_export["path"], cfg.evaluate.threads)
-    val = lambda: bundle.batches("val", cfg.data.eval_batch_size, channels=channels)  # noqa: E731
+    val = lambda: bundle.batches("val", cfg.data.eval_batch_size, channels=channels)  # noqa: E731 - a fresh val iterator per call
     drop = onnx_accuracy(float_sess, val()) - (val_acc := onnx_accuracy(sess, val()))
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
     with torch.no_grad():
@@ -121,7 +121,8 @@ def with_onnx(rows: list[dict], exports: dict) -> list[dict]:
     for row in rows:
         found = exports.get(row["candidate"])
         if found and found["ok"]:
-            row = {**row, "onnx_latency_p50_ms": found["latency_p50_ms"], "onnx_throughput_ips": found["throughput_ips"],
-                   "onnx_accuracy": found["accuracy"], "onnx_path": found["path"], "onnx_format": found["format"]}
+            row = {**row, "onnx_latency_p50_ms": found["latency_p50_ms"],
+                   "onnx_throughput_ips": found["throughput_ips"], "onnx_accuracy": found["accuracy"],
+                   "onnx_path": found["path"], "onnx_format": found["format"]}
         merged.append(row)
     return merged

@@ -6,10 +6,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from compression.fidelity import calibration_errors  # noqa: E402
+from compression.fidelity import calibration_errors
 
 
 def _show_image(ax, image: torch.Tensor) -> None:

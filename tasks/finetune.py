@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compression.models import adapt_input_channels, replace_head
 from compression.fit_plan import FitPlan
+from compression.models import adapt_input_channels, replace_head
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
@@ -167,7 +167,8 @@ def predict_images(model_uri: str, folder: str | None, cfg: PipelineConfig | Non
         run.log_artifact(out)
         accuracy = _accuracy(table)
         run.log_metrics({"images": len(table), "skipped_images": len(skipped), "seconds": seconds,
-                         "images_per_second": len(table) / seconds, **({"accuracy": accuracy} if accuracy is not None else {})})
+                         "images_per_second": len(table) / seconds,
+                         **({"accuracy": accuracy} if accuracy is not None else {})})
     return {"run_id": ctx.parent_run_id, "tracking_uri": redact(tracking_uri), "csv": str(out), "images": len(table),
             "skipped": len(skipped), "accuracy": accuracy, "runtime": predictor.runtime,
             "model_version": params["model_version"], "counts": table["name"].value_counts().to_dict()}

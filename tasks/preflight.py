@@ -32,7 +32,8 @@ def ensure_writable(directory) -> None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as probe:
             probe.write(b"ok")
     except OSError as exc:
-        raise CompressionError(f"output directory {directory} is not writable ({exc.strerror or type(exc).__name__})") from None
+        raise CompressionError(f"output directory {directory} is not writable "
+                               f"({exc.strerror or type(exc).__name__})") from None
 
 
 def preflight(cfg: PipelineConfig) -> str:

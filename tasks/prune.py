@@ -23,7 +23,8 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
     seed_everything(cfg.seed)
     channels = input_channels(model)
     example = example_input(model, size=bundle.input_size)
-    plan = FitPlan(loss="kd", temperature=cfg.distill.temperature, alpha=cfg.distill.alpha) if settings.kd else FitPlan()
+    plan = (FitPlan(loss="kd", temperature=cfg.distill.temperature, alpha=cfg.distill.alpha) if settings.kd
+            else FitPlan())
     result = {}
 
     if settings.method in ("structured", "both"):

@@ -24,15 +24,14 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
 import compression
 from compression.checkpoint import read_model_file
-from compression.data import to_model_input
 from compression.comparison import reference_row
+from compression.data import to_model_input
 from compression.gates import check_gates, describe, gate_tags
 from compression.selection import choose, gate_log
 from tasks.config import PipelineConfig
@@ -91,7 +90,8 @@ def _reloaded_accuracy(uri: str, batches) -> float:
 def pyfunc_arguments(checkpoint: str, onnx: str | None, runtime: str, labels: list[int], threads: int,
                      example: np.ndarray) -> dict:
     """What mlflow.pyfunc.log_model (or save_model) takes for the serving model of a model file."""
-    return dict(python_model=str(SERVING_CODE), artifacts={"checkpoint": checkpoint, **({"onnx": onnx} if onnx else {})},
+    return dict(python_model=str(SERVING_CODE),
+                artifacts={"checkpoint": checkpoint, **({"onnx": onnx} if onnx else {})},
                 model_config={"runtime": runtime, "labels": labels, "threads": threads},
                 code_paths=[str(Path(compression.__file__).parent)], signature=SIGNATURE, input_example=example,
                 pip_requirements=["torch", "torchvision", "numpy", "pandas"] + (["onnxruntime"] if onnx else []))
@@ -129,7 +129,8 @@ def _check_reload(client, name: str, version, expected: float, batches, run) -> 
 
 
 def _lineage(cfg: PipelineConfig, ctx: RunContext, data: dict, row: dict, spec: dict, runtime: str) -> dict:
-    onnx = {"float": ["onnx"], "int8-qdq": ["onnx-int8"]}[row.get("onnx_format", "float")] if runtime == "onnxruntime" else []
+    onnx = ({"float": ["onnx"], "int8-qdq": ["onnx-int8"]}[row.get("onnx_format", "float")]
+            if runtime == "onnxruntime" else [])
     return {
         SHA_TAG: row["sha256"], RUNTIME_TAG: runtime, "candidate": row["candidate"],
         "accuracy": f"{row['accuracy']:.6f}", "served_accuracy": f"{served_accuracy(row, runtime):.6f}",

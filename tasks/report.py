@@ -4,7 +4,6 @@ Prefect artifacts."""
 from __future__ import annotations
 
 import pandas as pd
-
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from compression.candidate_fidelity import what_changed_paragraph
@@ -72,7 +71,8 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
     if changed:
         text += "\n\n" + changed
     summary = {f"{r['candidate']}.accuracy": r["accuracy"] for r in rows}
-    summary.update({f"{r['candidate']}.{key}": r[key] for r in rows for key in SUMMARY_FIGURES if r.get(key) is not None})
+    summary.update({f"{r['candidate']}.{key}": r[key] for r in rows for key in SUMMARY_FIGURES
+                    if r.get(key) is not None})
     gain = kd_gain(rows)
     if gain is not None:
         summary["kd_gain"] = gain

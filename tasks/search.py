@@ -94,7 +94,8 @@ def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, f
     for keep in _depths(cfg):
         for quantize in _choices(cfg, "quantize.enabled", cfg.quantize.enabled):
             def cost(ratio, keep=keep, quantize=quantize):
-                return policy.structural_cost(model, metric, ratio, keep_per_stage=keep, trim_strategy=cfg.trim.strategy,
+                return policy.structural_cost(model, metric, ratio, keep_per_stage=keep,
+                                              trim_strategy=cfg.trim.strategy,
                                               iterative_steps=settings.iterative_steps, round_to=settings.round_to,
                                               quantize=bool(quantize) and metric == "size_bytes",
                                               backend=cfg.quantize.backend, meta=meta)
@@ -126,8 +127,8 @@ def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: Mod
     meta = bundle.model_meta()  # as save_candidate
     widths = _widths(cfg, model, limit, meta) if budget.metric in CONSTRUCTIVE else {}
     if budget.metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
-        floor = policy.smallest_reachable(model, budget.metric, space_of(cfg), iterative_steps=cfg.prune.iterative_steps,
-                                          round_to=cfg.prune.round_to)
+        floor = policy.smallest_reachable(model, budget.metric, space_of(cfg),
+                                          iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to)
         raise CompressionError(f"search.budget.max: {budget.metric} <= {limit:,.0f} cannot be reached; the smallest "
                                f"this search space reaches is {floor:,.0f} ({100 * floor / costs[budget.metric]:.1f}% "
                                "of the teacher)")
@@ -317,11 +318,13 @@ def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, 
     table = _table(trials, plan, max_drop)
     parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
     parent.set_tags({"search.sampler_seed": cfg.search.seed if cfg.search.seed is not None else cfg.seed,
-                     "search.budget_limit": plan["limit"], "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
+                     "search.budget_limit": plan["limit"],
+                     "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
     parent.log_text(pd.DataFrame(table).to_csv(index=False), "search/trials.csv")
     figures = {"search/pareto.png": plots.search_pareto(trials, plan, max_drop),
                "search/best_so_far.png": plots.best_so_far(
-                   policy.best_so_far(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"], max_drop))}
+                   policy.best_so_far(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
+                                      max_drop))}
     for name, fig in figures.items():
         parent.log_figure(fig, name)
         plots.close(fig)

@@ -9,8 +9,9 @@ from the epoch checkpoints kept there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Required, TypedDict
+from typing import Required, TypedDict
 
 from prefect import task
 from prefect.states import Completed

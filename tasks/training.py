@@ -17,7 +17,8 @@ from tasks.stage import ModelRef, StageRun, model_ref
 
 
 def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, checkpoint_dir: Path,
-               name: str, prefix: str = "", split: str = "train", plan: FitPlan = FitPlan(),
+               name: str, prefix: str = "", split: str = "train",
+               plan: FitPlan = FitPlan(),  # noqa: B008 - FitPlan is a frozen dataclass: one shared default is safe
                teacher: ModelRef | None = None, distributed: DistributedConfig | None = None) -> TrainResult:
     """Train `model` as `plan` says (compression.fit_plan), with per-epoch metrics in the stage's run (keys
     `prefix` + metric, step = epoch): in this process, or in `distributed.world_size` DDP processes.

@@ -23,14 +23,13 @@ TORCH_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest  # noqa: E402 - conftest sets the environment first
+import torch  # noqa: E402 - imported after OMP_NUM_THREADS is set
 
 torch.set_num_threads(TORCH_THREADS)
 
-from compression.data import load_fashion_mnist  # noqa: E402
-from tasks.config import PROJECT_ROOT  # noqa: E402,F401 - the tests import it from here
-
+from compression.data import load_fashion_mnist  # noqa: E402 - after the environment setup, like torch
+from tasks.config import PROJECT_ROOT  # noqa: E402 - after the environment setup; the tests import it from here
 
 
 @pytest.fixture(scope="session")

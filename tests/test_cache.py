@@ -30,7 +30,8 @@ def test_key_follows_content_not_where_it_was_logged(tmp_path):
                                                           ("prune",)), {"student": ref})
     assert key != cache.stage_key("distill", settings, {"student": ref})
     # a section the stage does not read does not change its key
-    assert key == cache.stage_key("prune", stage_settings(load_config("configs/smoke.yaml", {"quantize.enabled": False}),
+    assert key == cache.stage_key("prune", stage_settings(load_config("configs/smoke.yaml",
+                                                                      {"quantize.enabled": False}),
                                                           ("prune",)), {"student": ref})
 
 

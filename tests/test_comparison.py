@@ -18,8 +18,9 @@ def _int8_pair(throughput, latency, size=100):
             _row("quantized_static", throughput=throughput, latency=latency, size=size, sha="q", source="p")]
 
 
-@pytest.mark.parametrize("gain, word", [(2.0, "faster"), (1.11, "faster"), (1.1, "about as fast"), (1.0, "about as fast"),
-                                        (1 / 1.1, "about as fast"), (0.9, "slower"), (0.5, "slower")])
+@pytest.mark.parametrize("gain, word", [(2.0, "faster"), (1.11, "faster"), (1.1, "about as fast"),
+                                        (1.0, "about as fast"), (1 / 1.1, "about as fast"), (0.9, "slower"),
+                                        (0.5, "slower")])
 def test_within_ten_percent_is_about_as_fast(gain, word):
     assert speed_word(gain) == word
 
@@ -32,7 +33,8 @@ def test_within_ten_percent_is_about_as_fast(gain, word):
     (510.0, 0.99, "about as fast at batch 1, about as fast in throughput")])
 def test_int8_verdict_against_its_float_source(throughput, latency, verdict):
     [note] = speed_notes(_int8_pair(throughput, latency))
-    assert note.startswith(f"quantized_static against pruned (the float model it was made from): {verdict} on this CPU;")
+    assert note.startswith(f"quantized_static against pruned (the float model it was made from): "
+                           f"{verdict} on this CPU;")
     assert f"throughput {throughput / 500:.2f}x" in note
     assert f"latency p50 {latency:.2f} vs 1.00 ms" in note
     assert note.endswith("file 4.0x smaller.")

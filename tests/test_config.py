@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.config import PROJECT_ROOT as ROOT, ConfigError, config_from_dict, load_config, parse_set_options
-
+from tasks.config import PROJECT_ROOT as ROOT
+from tasks.config import ConfigError, config_from_dict, load_config, parse_set_options
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
@@ -15,7 +15,8 @@ def test_overrides_and_stage_train_defaults():
     assert cfg.prune.ratio == 0.6 and cfg.distill.train.epochs == 3 and cfg.prune.train.seed == 7
     # a partial train mapping keeps the stage's own defaults for the rest
     assert cfg.distill.train.optimizer == "adamw" and cfg.distill.train.batch_size == 32
-    assert parse_set_options(["prune.ratio=0.6", "data.classes=[1, 2]"]) == {"prune.ratio": "0.6", "data.classes": "[1, 2]"}
+    assert parse_set_options(["prune.ratio=0.6", "data.classes=[1, 2]"]) == {"prune.ratio": "0.6",
+                                                                              "data.classes": "[1, 2]"}
     assert load_config("configs/smoke.yaml", {"data.classes": "[1, 2]"}).data.classes == [1, 2]
 
 

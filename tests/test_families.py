@@ -12,8 +12,18 @@ from compression import CompressionError
 from compression.checkpoint import load_model, read_model_file, save_model
 from compression.export import export_onnx, parity, session
 from compression.measure import count_macs
-from compression.models import (build_model, check_supported, count_params, example_input, family, head, head_classes,
-                                list_architectures, refusal, replace_head)
+from compression.models import (
+    build_model,
+    check_supported,
+    count_params,
+    example_input,
+    family,
+    head,
+    head_classes,
+    list_architectures,
+    refusal,
+    replace_head,
+)
 from compression.pruning import prune_structured
 from compression.quantization import quantize
 from tasks.config import PROJECT_ROOT

@@ -42,8 +42,8 @@ def test_fidelity_figures_and_artifacts_for_every_candidate(smoke_run, smoke_sto
     for name, row in evaluated.items():
         missing = [f for f in FIGURES if f"{name}.{f}" not in metrics]
         assert not missing, (name, missing)
-        # the stage runs the model files itself: the same test accuracy as evaluate's
-        assert metrics[f"{name}.fidelity.candidate_accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)  # float32 there
+        # the stage runs the model files itself: the same test accuracy as evaluate's (float32 there)
+        assert metrics[f"{name}.fidelity.candidate_accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)
         assert metrics[f"{name}.fidelity.drop_ci_low"] <= metrics[f"{name}.fidelity.accuracy_drop"] + 1e-9
         assert metrics[f"{name}.fidelity.accuracy_drop"] <= metrics[f"{name}.fidelity.drop_ci_high"] + 1e-9
         assert metrics[f"{name}.calibration.temperature"] > 0
@@ -51,8 +51,10 @@ def test_fidelity_figures_and_artifacts_for_every_candidate(smoke_run, smoke_sto
     # int8 models against the float model they were made from too (rows carry source_sha256)
     for name in ("quantized_static", "quantized_dynamic"):
         assert metrics[f"{name}.parent.fidelity.agreement"] >= 0.9
-        assert metrics[f"{name}.parent.fidelity.candidate_accuracy"] == pytest.approx(evaluated[name]["accuracy"], abs=1e-6)
-        assert metrics[f"{name}.parent.fidelity.reference_accuracy"] == pytest.approx(evaluated["pruned"]["accuracy"], abs=1e-6)
+        assert metrics[f"{name}.parent.fidelity.candidate_accuracy"] == pytest.approx(evaluated[name]["accuracy"],
+                                                                                      abs=1e-6)
+        assert metrics[f"{name}.parent.fidelity.reference_accuracy"] == pytest.approx(evaluated["pruned"]["accuracy"],
+                                                                                      abs=1e-6)
     assert "pruned.parent.fidelity.agreement" not in metrics
     artifacts = {a.path for folder in (None, "forgotten") for a in client.list_artifacts(run.info.run_id, folder)}
     for name in set(evaluated) - {"teacher"}:
@@ -157,7 +159,8 @@ def test_stability_over_two_seeds_reuses_the_cached_seed(smoke_run, smoke_store,
     code = main(["stability", "configs/smoke.yaml", "--seeds", "2", *store, "--set", "export.onnx=false"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "seed 0: pipeline run " in out and "cached: finetune, trim, distill, prune, quantize, evaluate, fidelity" in out
+    assert ("seed 0: pipeline run " in out
+            and "cached: finetune, trim, distill, prune, quantize, evaluate, fidelity" in out)
     assert "Teacher-against-teacher churn between seeds (the floor): " in out and "| quantized_static | " in out
     stability_run = client.get_run(out.split("\nMLflow run ")[-1].split()[0])
     assert stability_run.data.tags["shrinkflow.kind"] == "stability" and stability_run.info.status == "FINISHED"

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from compression import CompressionError
+from compression import CompressionError, stability
 from compression import candidate_fidelity as cf
 from compression import corruptions as cor
-from compression import stability
 from compression.comparison import FIDELITY_COLUMNS, with_fidelity
 from compression.gates import GATES, check_gates, describe, gate_tags, passes
 from compression.search import pick
@@ -215,7 +214,8 @@ def _evidence():
     test = {"teacher": teacher, "student": student, "int8": int8}
     val = {name: logits[::2] * 1.5 for name, logits in test.items()}
     index = torch.arange(0, 90, 3)
-    corrupted = {name: {"contrast": {1: logits[index] * 0.8, 2: logits[index] * 0.5 + 0.3 * torch.randn(30, 3, generator=gen)}}
+    corrupted = {name: {"contrast": {1: logits[index] * 0.8,
+                                     2: logits[index] * 0.5 + 0.3 * torch.randn(30, 3, generator=gen)}}
                  for name, logits in test.items()}
     maps = {"teacher": torch.arange(2 * 8 * 8.).view(2, 8, 8), "student": torch.arange(2 * 8 * 8.).view(2, 8, 8) ** 2,
             "int8": -torch.arange(2 * 8 * 8.).view(2, 8, 8)}
@@ -298,8 +298,8 @@ def test_seed_spreads_mean_sd_and_worst_case():
              [{"candidate": "teacher", "accuracy": 0.92}, {"candidate": "pruned", "accuracy": 0.89,
                                                            "fidelity.agreement": 0.97}]]
     spreads = stability.seed_spreads(seeds)
-    assert spreads["pruned"]["accuracy"] == {"n": 2, "mean": pytest.approx(0.885), "std": pytest.approx(0.01 / math.sqrt(2)),
-                                             "worst": 0.88}
+    assert spreads["pruned"]["accuracy"] == {"n": 2, "mean": pytest.approx(0.885),
+                                             "std": pytest.approx(0.01 / math.sqrt(2)), "worst": 0.88}
     assert spreads["pruned"]["accuracy_drop"]["worst"] == pytest.approx(0.03)  # a drop is worst when largest
     assert spreads["pruned"]["fidelity.agreement"]["worst"] == 0.95
     assert "fidelity.agreement" not in spreads["teacher"]
@@ -321,7 +321,8 @@ def test_population_churn_floor_and_hookers_forgotten_images():
     spreads = stability.seed_spreads([[{"candidate": "teacher", "accuracy": 0.9},
                                        {"candidate": "pruned", "accuracy": 0.8}]] * 2)
     text = stability.stability_markdown(spreads, report, [0, 1, 2])
-    assert "(the floor): 0.1111" in text and "| pruned | 0.8000 ± 0.0000 (worst 0.8000)" in text and "| 2.50x | 1 |" in text
+    assert ("(the floor): 0.1111" in text and "| pruned | 0.8000 ± 0.0000 (worst 0.8000)" in text
+            and "| 2.50x | 1 |" in text)
     metrics = stability.stability_metrics(spreads, report)
     assert metrics["pruned.stability.churn_vs_floor"] == pytest.approx(2.5)
     assert metrics["pruned.stability.forgotten"] == 1 and "teacher.stability.churn.mean" not in metrics
@@ -340,7 +341,8 @@ def test_benchmark_section_reads_a_result():
            "robustness.relative_error": 1.05, "robustness.accuracy": 0.7, "robustness.clean_accuracy": 0.9,
            "parent.fidelity.agreement": 0.997, "what_changed": "quantized_static agrees with the teacher."}
     population = {"reference": "teacher", "seeds": 3, "images": 5000, "churn_floor": 0.04,
-                  "candidates": {"teacher": {"churn": {"mean": 0.0, "worst": 0.0}, "churn_vs_floor": 0.0, "forgotten": 0},
+                  "candidates": {"teacher": {"churn": {"mean": 0.0, "worst": 0.0}, "churn_vs_floor": 0.0,
+                                             "forgotten": 0},
                                  "quantized_static": {"churn": {"mean": 0.05, "worst": 0.06}, "churn_vs_floor": 1.25,
                                                       "forgotten": 80}}}
     run = {"config": "configs/quickstart.yaml", "method": "Measured so.", "pipeline_seconds": 240.0,

@@ -65,6 +65,7 @@ def test_two_nccl_processes_train_as_one_process(tmp_path):
     train_on(alone, bundle, cfg, FitPlan())
     fit_distributed(DistributedConfig(processes_per_node=2, backend="nccl"), None, together, bundle, cfg, FitPlan(),
                     None, "train", tmp_path / "checkpoints", "nccl", "")
-    largest = max((a - b).abs().max().item() for a, b in zip(alone.state_dict().values(), together.state_dict().values())
+    largest = max((a - b).abs().max().item()
+                  for a, b in zip(alone.state_dict().values(), together.state_dict().values())
                   if a.is_floating_point())
     assert largest < 1e-4  # GPU kernels may sum in another order

@@ -129,7 +129,7 @@ def test_large_jpeg_is_decoded_reduced_and_matches_a_full_decode(tmp_path):
     assert np.abs(reduced - expected).mean() < 2
 
 
-def _batches(bundle, shard=Shard(), epoch=1, workers=None, split="train"):
+def _batches(bundle, shard=Shard(), epoch=1, workers=None, split="train"):  # noqa: B008 - Shard is a frozen dataclass
     if workers is not None:
         bundle.workers = workers
     batches = bundle.batches(split, 8, train=True, augment=True, seed=5, shard=shard)
@@ -158,7 +158,7 @@ def test_in_memory_batches_shard_the_same_global_batch():
     whole = _batches(bundle)
     halves = [_batches(bundle, Shard(rank, 2)) for rank in (0, 1)]
     assert len(whole) == len(halves[0]) == len(halves[1]) == 6
-    for step, (x, y) in enumerate(whole):
+    for step, (x, _y) in enumerate(whole):
         assert torch.equal(torch.cat([halves[0][step][0], halves[1][step][0]]), x)
     with pytest.raises(CompressionError, match="cannot be split evenly over 3 training processes"):
         bundle.batches("train", 8, train=True, shard=Shard(0, 3))

@@ -3,8 +3,17 @@ import torch
 from torch import nn
 
 from compression import CompressionError
-from compression.models import (adapt_input_channels, build_model, example_input, head, input_channels, model_spec,
-                                quantization_info, replace_head, update_spec)
+from compression.models import (
+    adapt_input_channels,
+    build_model,
+    example_input,
+    head,
+    input_channels,
+    model_spec,
+    quantization_info,
+    replace_head,
+    update_spec,
+)
 
 # The large builds take seconds each: they run with the slow tests (make test-slow, CI), not in make test.
 ARCHS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf"] + [

@@ -64,7 +64,8 @@ def test_run_tree_params_metrics_artifacts(first_run, store):
     assert [m.step for m in prune_steps] == [1, 2] and prune_steps[0].value > prune_steps[1].value
     evaluate = children["evaluate"]
     for name in ("teacher", "student_kd", "student_plain", "pruned"):
-        for metric in ("accuracy", "params", "macs", "size_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips"):
+        for metric in ("accuracy", "params", "macs", "size_bytes", "latency_p50_ms", "latency_p95_ms",
+                       "throughput_ips"):
             assert f"{name}.{metric}" in evaluate.data.metrics
     assert "confusion/pruned.png" in {a.path for a in client.list_artifacts(evaluate.info.run_id, "confusion")}
     for name in ("quantized_static", "quantized_dynamic"):
@@ -100,7 +101,8 @@ def test_onnx_exports_agree_with_pytorch(first_run, store):
         assert metrics[f"{name}.onnx.parity_ok"] == 1
         assert metrics[f"{name}.onnx.max_abs_diff"] < 1e-3 and metrics[f"{name}.onnx.top1_agreement"] == 1.0
         assert metrics[f"{name}.onnx.latency_p50_ms"] > 0
-    assert {"onnx/teacher.onnx", "onnx/pruned.onnx"} <= {a.path for a in client.list_artifacts(export.info.run_id, "onnx")}
+    assert {"onnx/teacher.onnx", "onnx/pruned.onnx"} <= {a.path
+                                                         for a in client.list_artifacts(export.info.run_id, "onnx")}
     rows = {r["candidate"]: r for r in first_run["table"]}
     assert rows["pruned"]["onnx_latency_p50_ms"] > 0 and "onnx_latency_p50_ms" in rows["teacher"]
     assert "| onnx_latency_p50_ms" in first_run["markdown"]
@@ -316,10 +318,12 @@ def _bad_inputs(tmp_path):
     return [
         ("unknown architecture", ["source=scratch:resnet81"], "unknown architecture 'resnet81'"),
         ("unknown source", ["source=hub:resnet18"], "source: unknown source 'hub:resnet18'"),
-        ("registry model missing", ["source=models:/no-such-model@champion"], "registered model 'no-such-model' not found"),
+        ("registry model missing", ["source=models:/no-such-model@champion"],
+         "registered model 'no-such-model' not found"),
         ("registry alias missing", ["source=models:/smoke-model@gold"], "has no alias 'gold'"),
         ("truncated checkpoint", [f"source=file:{truncated}"], "cannot read model file"),
-        ("checkpoint for other classes", [f"source=file:{five}", "finetune.enabled=false"], "has 5 classes, the data has 3"),
+        ("checkpoint for other classes", [f"source=file:{five}", "finetune.enabled=false"],
+         "has 5 classes, the data has 3"),
         ("yaml syntax error", bad_yaml, "YAML syntax error at line"),
         ("unknown key", ["prune.ratoi=0.5"], "prune.ratoi: unknown key"),
         ("negative epochs", ["finetune.train.epochs=-1"], "invalid training setting epochs=-1"),
@@ -328,12 +332,16 @@ def _bad_inputs(tmp_path):
         ("alpha outside [0, 1]", ["distill.alpha=1.5"], "distill.alpha"),
         ("empty class subset", ["data.classes=[]"], "class subset is empty"),
         ("class out of range", ["data.classes=[3, 12]"], "class subset [12] out of range 0..9"),
-        ("missing dataset directory", ["data.data_dir=/nonexistent/fmnist"], "data directory /nonexistent/fmnist does not exist"),
-        ("image folder with one class", ["data.name=image-folder", f"data.data_dir={one_class.parent}"], "1 class folder"),
+        ("missing dataset directory", ["data.data_dir=/nonexistent/fmnist"],
+         "data directory /nonexistent/fmnist does not exist"),
+        ("image folder with one class", ["data.name=image-folder", f"data.data_dir={one_class.parent}"],
+         "1 class folder"),
         ("unreachable tracking server", ["tracking.uri=http://127.0.0.1:9"], "is unreachable"),
         ("output directory not writable", [f"output_dir={a_file}/outputs"], "is not writable"),
-        ("calibration size 0", ["quantize.calibration_size=0"], "quantize.calibration_size: calibration size must be at least 1"),
-        ("unsupported quantization backend", ["quantize.backend=tpu"], "quantize.backend: backend 'tpu' is not supported"),
+        ("calibration size 0", ["quantize.calibration_size=0"],
+         "quantize.calibration_size: calibration size must be at least 1"),
+        ("unsupported quantization backend", ["quantize.backend=tpu"],
+         "quantize.backend: backend 'tpu' is not supported"),
         ("config not UTF-8", not_utf8, "not a UTF-8 text file"),
         ("unknown tracking URI scheme", ["tracking.uri=mlflow+foo://host/x"], "unknown scheme 'mlflow'"),
         ("infinite learning rate", ["distill.train.lr=inf"], "distill.train: lr must be a finite number, got inf"),
@@ -437,7 +445,8 @@ def test_transient_fetch_failure_is_retried(prefect, store, tmp_path, monkeypatc
         while not stop.is_set():
             experiment = experiment or client.get_experiment_by_name("retry")
             if experiment and client.search_runs([experiment.experiment_id],
-                                                 "tags.`shrinkflow.stage` = 'fetch_pretrained' and attributes.status = 'FAILED'"):
+                                                 "tags.`shrinkflow.stage` = 'fetch_pretrained' "
+                                                 "and attributes.status = 'FAILED'"):
                 cache.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(staged, cache / weights.url.rsplit("/", 1)[1])
                 return

@@ -21,7 +21,8 @@ def trained():
     bundle = load_dataset(classes=[0, 1, 7], train_per_class=150, val_per_class=50, test_per_class=100, seed=0,
                           download=False)
     model = trim(build_model("resnet18", 3, 1, 28), 1)
-    fit(model, bundle.batches("train", 32, train=True), bundle.batches("val", 256), TrainConfig(epochs=1, batch_size=32))
+    fit(model, bundle.batches("train", 32, train=True), bundle.batches("val", 256),
+        TrainConfig(epochs=1, batch_size=32))
     calibration = [x for x, _ in bundle.batches("train", 64, train=True)][:4]
     return model.eval(), bundle, calibration
 
@@ -36,7 +37,8 @@ def test_quantized_accuracy_close_to_float_and_file_round_trips(trained, mode, t
     q_acc = evaluate_classifier(q, test)["accuracy"]
     assert float_acc > 0.7  # a model worth quantizing
     assert abs(q_acc - float_acc) <= 0.02
-    assert count_nonzero_params(q) == count_nonzero_params(model) and count_macs(q, example) == count_macs(model, example)
+    assert (count_nonzero_params(q) == count_nonzero_params(model)
+            and count_macs(q, example) == count_macs(model, example))
     save_model(q, tmp_path / "q.pt")
     save_model(model, tmp_path / "f.pt")
     reloaded = load_model(tmp_path / "q.pt")

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 
-from compression import CompressionError
-from compression import search
+from compression import CompressionError, search
 from compression.checkpoint import save_model
 from compression.measure import count_macs, count_nonzero_params
 from compression.models import build_model, example_input
 from compression.pruning import prune_structured
 from compression.quantization import quantize
-from compression.trimming import trim
 from compression.search import Choice, FloatRange
+from compression.trimming import trim
 
 META = {"classes": ["t-shirt", "trouser", "sneaker"], "mean": [0.286], "std": [0.353]}
 

@@ -224,14 +224,15 @@ def test_prefect_yaml_deployments():
             ("compress", "nightly-docker")} <= set(by_name)
     assert by_name[("stability", "on-demand")]["parameters"]["seeds"] == 3
     makefile = (PROJECT_ROOT / "Makefile").read_text()
-    deployed = [f"{flow}/{name}" for (flow, name), spec in by_name.items() if spec["work_pool"]["name"] == "shrinkflow-process"]
+    deployed = [f"{flow}/{name}" for (flow, name), spec in by_name.items()
+                if spec["work_pool"]["name"] == "shrinkflow-process"]
     assert all(f"--name {name}" in makefile for name in deployed), "make deploy misses a process-pool deployment"
     assert by_name[("predict", "nightly")]["schedules"][0]["cron"] == "0 4 * * *"
     assert by_name[("compress", "nightly")]["schedules"][0]["cron"] == "0 2 * * *"
     assert "schedules" not in by_name[("compress", "on-demand")]
     assert by_name[("compress", "nightly-docker")]["work_pool"]["name"] == "shrinkflow-docker"
     assert by_name[("compress", "nightly-docker")]["pull"][0]["prefect.deployments.steps.set_working_directory"]
-    for (flow_name, _), d in by_name.items():
+    for (_flow_name, _), d in by_name.items():
         path, fn = d["entrypoint"].split(":")
         assert (PROJECT_ROOT / path).is_file() and f"def {fn}(" in (PROJECT_ROOT / path).read_text()
 

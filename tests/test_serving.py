@@ -178,7 +178,8 @@ def test_scoring_server_answers_with_dataset_labels_names_and_probabilities(serv
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 and r["probability"] == max(r["probabilities"].values())
                for r in rows)
     accuracy = float(np.mean([r["label"] == y for r, y in zip(rows, labels)]))
-    version = MlflowClient(smoke_store["tracking.uri"]).get_model_version("smoke-model", smoke_run["registered"]["version"])
+    version = MlflowClient(smoke_store["tracking.uri"]).get_model_version("smoke-model",
+                                                                          smoke_run["registered"]["version"])
     assert abs(accuracy - float(version.tags["served_accuracy"])) <= 0.01
     as_floats = _invoke(served["url"], {"inputs": (images[:8] / 255.0).tolist()}).json()["predictions"]
     assert [r["label"] for r in as_floats] == [r["label"] for r in rows[:8]]
@@ -206,7 +207,8 @@ def test_scoring_server_refuses_malformed_requests_in_one_line(served, body, mes
 def test_int8_onnx_candidate_is_gated_and_registered(smoke_run, smoke_store):
     client = MlflowClient(smoke_store["tracking.uri"])
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
-                              f"tags.mlflow.parentRunId = '{smoke_run['run_id']}' and tags.`shrinkflow.stage` = 'export'")
+                              f"tags.mlflow.parentRunId = '{smoke_run['run_id']}' "
+                              "and tags.`shrinkflow.stage` = 'export'")
     metrics = runs[0].data.metrics
     assert metrics["quantized_static.onnx.val_acc_drop"] <= 0.05  # configs/smoke.yaml quantize.max_accuracy_drop
     assert metrics["quantized_static.onnx.top1_agreement_torch_int8"] >= 0.9
@@ -238,7 +240,6 @@ def test_onnxruntime_and_torch_pyfuncs_agree(smoke_run, smoke_store, prefect):
 
 def test_predict_an_image_folder_writes_one_row_per_image(smoke_run, smoke_store, tmp_path, capsys):
     from cli.main import main
-
     from tests.test_image_folder import _bomb_png
 
     images, labels = _smoke_test_split()

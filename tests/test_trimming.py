@@ -17,7 +17,8 @@ def test_resnet18_to_one_block_per_stage_is_resnet10():
     reference.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     assert [len(getattr(student, s)) for s in ("layer1", "layer2", "layer3", "layer4")] == [1, 1, 1, 1]
     assert count_params(student) == count_params(reference)
-    assert [tuple(v.shape) for v in student.state_dict().values()] == [tuple(v.shape) for v in reference.state_dict().values()]
+    assert ([tuple(v.shape) for v in student.state_dict().values()]
+            == [tuple(v.shape) for v in reference.state_dict().values()])
     # initialised from the teacher, which itself is untouched
     assert torch.equal(student.layer3[0].conv1.weight, teacher.layer3[0].conv1.weight)
     assert len(teacher.layer1) == 2
@@ -80,7 +81,8 @@ def test_bad_keep_values():
         plan_trim(model, [1, 1])
     with pytest.raises(CompressionError, match="keep_per_stage"):
         plan_trim(model, 0)
-    with pytest.raises(CompressionError, match=r"7 of them \(mobilenet_v2 has 7 stages of 1, 2, 3, 4, 3, 3, 1 blocks\)"):
+    with pytest.raises(CompressionError,
+                       match=r"7 of them \(mobilenet_v2 has 7 stages of 1, 2, 3, 4, 3, 3, 1 blocks\)"):
         plan_trim(build_model("mobilenet_v2", 10, 1, 28), [1, 1, 1, 1])
 
 
