@@ -210,7 +210,8 @@ def test_compare_cli_lists_pipeline_runs(first_run, store, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"shrinkflow: error: search run {missing} not found in experiment 'smoke'"]
     # a CSV path that is a directory is the user's mistake too: one line, exit 2
-    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"], "--csv", str(tmp_path)]) == 2
+    assert main(["compare", "--experiment", "smoke", "--tracking-uri", store["tracking.uri"],
+                 "--csv", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("shrinkflow: error: ") and "Is a directory" in err[0], err
 
