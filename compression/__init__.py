@@ -28,9 +28,9 @@ import gc
 
 # torch, torchvision, Prefect and MLflow leave a great many objects alive at exit, and the interpreter's
 # teardown garbage-collects them pass after pass: seconds per process (docs/benchmarks.md, start-up; every CLI
-# command, deployment flow run and Dask worker imports this package). Frozen at exit, they are freed without those passes. Exit
-# handlers that run after this one (atexit runs the latest registered first) work as before: freezing only
-# exempts the objects alive at that moment from garbage collection.
+# command, deployment flow run and Dask worker imports this package). Frozen at exit, they are freed without
+# those passes. Exit handlers that run after this one (atexit runs the latest registered first) work as
+# before: freezing only exempts the objects alive at that moment from garbage collection.
 atexit.register(gc.freeze)
 
 

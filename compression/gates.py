@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from compression import CompressionError
+from compression.budget import within_limit
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def check_gates(row: dict, limits: dict[str, float]) -> list[dict]:
             results.append({"gate": name, "value": None, "limit": limit, "passed": False, "excess": None})
             continue
         excess = value - limit if gate.is_maximum else limit - value
-        # Figures are sums and ratios of floats: a tie with the limit must not fail on the last bit.
-        passed = excess <= 1e-9
+        passed = within_limit(excess)
         results.append({"gate": name, "value": float(value), "limit": limit, "passed": passed,
                         "excess": 0.0 if passed else float(excess)})
     return results

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from compression import CompressionError
+from compression.budget import within_drop
 from compression.checkpoint import save_model
 from compression.measure import count_macs, count_nonzero_params
 from compression.models import example_input, head, quantization_info, require_spec
@@ -42,8 +43,6 @@ METRICS = ("macs", "params", "size_bytes", "latency_ms")
 STRUCTURAL_METRICS = ("macs", "params", "size_bytes")
 # The prune ratio smallest_reachable assumes when the space does not search it.
 DEFAULT_MAX_RATIO = 0.9
-# Slack on the accuracy comparison, as in compression.selection.
-ACCURACY_SLACK = 1e-9
 # Dotted config keys of the settings that change a trial's structure, and structural_cost's keyword for each.
 COST_KEYS = {
     "trim.keep_per_stage": "keep_per_stage",
@@ -403,7 +402,7 @@ def is_feasible(trial: dict, metric: str, limit: float, teacher_accuracy: float,
     """A completed trial within the budget on `metric` and within `max_drop` of the teacher's accuracy."""
     _check_metric(metric)
     return (_completed(trial) and _cost(trial, metric) <= limit
-            and trial["accuracy"] >= teacher_accuracy - max_drop - ACCURACY_SLACK)
+            and within_drop(trial["accuracy"], teacher_accuracy, max_drop))
 
 
 def pick(trials: list[dict], metric: str, limit: float, teacher_accuracy: float,

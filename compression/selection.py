@@ -3,6 +3,7 @@ the one that would have been champion, as challenger."""
 
 from __future__ import annotations
 
+from compression.budget import within_drop
 from compression.comparison import reference_row
 from compression.gates import check_gates, describe
 
@@ -15,7 +16,7 @@ def _cheapest(rows: list[dict], objective: str) -> dict:
 
 
 def _within(rows: list[dict], ref: dict, max_drop: float) -> list[dict]:
-    return [r for r in rows if r["accuracy"] >= ref["accuracy"] - max_drop - 1e-9]
+    return [r for r in rows if within_drop(r["accuracy"], ref["accuracy"], max_drop)]
 
 
 def _passing(row: dict, gates: dict[str, float]) -> bool:

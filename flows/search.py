@@ -24,6 +24,7 @@ from prefect_dask import DaskTaskRunner
 
 from compression import CompressionError, first_line
 from compression import search as policy
+from compression.budget import within_drop
 from compression.selection import pick_within_gates
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
@@ -114,7 +115,8 @@ def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dic
     teacher_accuracy, max_drop = plan["teacher"]["val_accuracy"], cfg.search.budget.max_accuracy_drop
     completed = [t for t in trials if t["state"] == "COMPLETE"]
     if plan["metric"] == "latency_ms":  # not timed while trials share the cores: accurate enough, then fewest MACs
-        ranked = sorted(completed, key=lambda t: (t["accuracy"] < teacher_accuracy - max_drop - 1e-9, t["macs"]))
+        ranked = sorted(completed,
+                        key=lambda t: (not within_drop(t["accuracy"], teacher_accuracy, max_drop), t["macs"]))
     else:
         ranked = sorted(completed, key=lambda t: (not policy.is_feasible(t, plan["metric"], plan["limit"],
                                                                          teacher_accuracy, max_drop), -t["accuracy"]))

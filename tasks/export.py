@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from compression.budget import within_drop
 from compression.checkpoint import file_sha256
 from compression.export import cached_export, onnx_latency, parity, run_onnx, session
 from compression.fileio import atomic_write
@@ -80,12 +81,13 @@ def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dic
     sess, info = _measure(cfg, bundle, path, channels, model)
     float_sess = session(float_export["path"], cfg.evaluate.threads)
     val = lambda: bundle.batches("val", cfg.data.eval_batch_size, channels=channels)  # noqa: E731 - a fresh val iterator per call
-    drop = onnx_accuracy(float_sess, val()) - (val_acc := onnx_accuracy(sess, val()))
+    float_acc, val_acc = onnx_accuracy(float_sess, val()), onnx_accuracy(sess, val())
+    drop = float_acc - val_acc
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
     with torch.no_grad():
         torch_top1 = model(images).argmax(1).numpy()
     agreement = float((run_onnx(sess, images).argmax(1) == torch_top1).mean())
-    ok = drop <= cfg.quantize.max_accuracy_drop + 1e-9
+    ok = within_drop(val_acc, float_acc, cfg.quantize.max_accuracy_drop)
     if not ok:
         log.warning("[export] %s: onnxruntime int8 loses %.2f points on val (limit %.2f): not used",
                     name, 100 * drop, 100 * cfg.quantize.max_accuracy_drop)

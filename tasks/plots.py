@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import matplotlib
 
+from compression.budget import within_drop
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -110,7 +112,7 @@ def search_pareto(trials: list[dict], plan: dict, max_drop: float):
     metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
     done = [t for t in trials if t["state"] == "COMPLETE" and t.get(metric) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
-    feasible = [t for t in done if t[metric] <= limit and t["accuracy"] >= teacher - max_drop - 1e-9]
+    feasible = [t for t in done if t[metric] <= limit and within_drop(t["accuracy"], teacher, max_drop)]
     others = [t for t in done if t not in feasible]
     if others:
         ax.scatter([t[metric] for t in others], [t["accuracy"] for t in others], s=30, color="lightgrey",

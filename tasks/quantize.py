@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from itertools import islice
 
+from compression.budget import within_drop
 from compression.measure import evaluate_classifier
 from compression.models import example_input, input_channels
 from compression.quantization import quantize as quantize_model
@@ -47,7 +48,7 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
         acc = evaluate_classifier(quantized, val)["accuracy"]
         drop = float_acc - acc
         run.log_metrics({"val_acc": acc, "val_acc_drop": drop}, prefix=f"{mode}.")
-        if drop > settings.max_accuracy_drop + 1e-9:
+        if not within_drop(acc, float_acc, settings.max_accuracy_drop):
             log.warning("[quantize] %s int8 model loses %.2f points on val (limit %.2f): not a candidate",
                         mode, 100 * drop, 100 * settings.max_accuracy_drop)
             run.set_tags({f"{mode}.rejected": f"val accuracy drop {drop:.4f} > {settings.max_accuracy_drop}"})

@@ -1,6 +1,7 @@
-"""One taxonomy of failures (compression/errors.py) for the command line (exit 2 or 1) and the stage runner
-(retry or not)."""
+"""Decisions made once in the pure core: which failures are the user's (compression/errors.py: the command
+line's exit 2 or 1, the stage runner's retry or not) and the accuracy budget (compression/budget.py)."""
 
+import numpy as np
 import pytest
 
 from compression import CompressionError
@@ -31,3 +32,14 @@ def test_a_failed_run_is_not_bad_input():
     assert not is_bad_input(RuntimeError("CUDA error")) and retry_may_fix(RuntimeError("CUDA error"))
     # the same inputs give the same ValueError: no retry, but not the user's input either
     assert not is_bad_input(ValueError("shape mismatch")) and not retry_may_fix(ValueError("shape mismatch"))
+
+
+def test_the_accuracy_budget_passes_a_tie_and_fails_past_it():
+    from compression.budget import within_drop, within_limit
+
+    # float32 accuracies read back as float64: 0.9186 - 0.01 is not exactly 0.9086
+    teacher, at_limit = float(np.float32(0.9186)), float(np.float32(0.9086))
+    assert within_drop(at_limit, teacher, teacher - at_limit)
+    assert within_drop(0.90, 0.91, 0.01) and not within_drop(0.8999, 0.91, 0.01)
+    assert within_drop(0.95, 0.91, 0.0)  # better than the reference is always within
+    assert within_limit(0.0) and within_limit(-0.3) and within_limit(5e-10) and not within_limit(1e-6)
