@@ -16,3 +16,11 @@ def within_drop(accuracy: float, reference_accuracy: float, max_drop: float) -> 
 def within_limit(excess: float) -> bool:
     """Whether a figure's excess over its limit (value - limit for a maximum) is none (a tie passes)."""
     return excess <= TOLERANCE
+
+
+def int8_rejection(float_accuracy: float, int8_accuracy: float, max_drop: float) -> str | None:
+    """None when an int8 model keeps within `max_drop` of the float model it was made from (val accuracy), else
+    why it is not used: the gate of PyTorch int8 (quantize) and of onnxruntime int8 (export) alike."""
+    if within_drop(int8_accuracy, float_accuracy, max_drop):
+        return None
+    return f"val accuracy drop {float_accuracy - int8_accuracy:.4f} > {max_drop}"

@@ -434,6 +434,18 @@ def best_so_far(trials: list[dict], metric: str, limit: float, teacher_accuracy:
     return curve
 
 
+def rank_for_retraining(trials: list[dict], metric: str, limit: float, teacher_accuracy: float,
+                        max_drop: float) -> list[dict]:
+    """The completed trials, best first, for the search's re-training at full epochs: feasible ones first, then
+    by accuracy. On latency the trials were not timed (they shared the cores): accurate enough first, then the
+    fewest MACs."""
+    completed = [t for t in trials if _completed(t)]
+    if metric == "latency_ms":
+        return sorted(completed, key=lambda t: (not within_drop(t["accuracy"], teacher_accuracy, max_drop), t["macs"]))
+    return sorted(completed, key=lambda t: (not is_feasible(t, metric, limit, teacher_accuracy, max_drop),
+                                            -t["accuracy"]))
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The (cost, accuracy) points that no other point beats on both (cheaper or as cheap, and more
     accurate or as accurate), sorted by cost; duplicates kept once."""

@@ -24,7 +24,6 @@ from prefect_dask import DaskTaskRunner
 
 from compression import CompressionError, first_line
 from compression import search as policy
-from compression.budget import within_drop
 from compression.selection import pick_within_gates
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
@@ -112,14 +111,8 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
 
 def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
     """The top_k trials (feasible first, then by accuracy) trained again at the config's full epochs."""
-    teacher_accuracy, max_drop = plan["teacher"]["val_accuracy"], cfg.search.budget.max_accuracy_drop
-    completed = [t for t in trials if t["state"] == "COMPLETE"]
-    if plan["metric"] == "latency_ms":  # not timed while trials share the cores: accurate enough, then fewest MACs
-        ranked = sorted(completed,
-                        key=lambda t: (not within_drop(t["accuracy"], teacher_accuracy, max_drop), t["macs"]))
-    else:
-        ranked = sorted(completed, key=lambda t: (not policy.is_feasible(t, plan["metric"], plan["limit"],
-                                                                         teacher_accuracy, max_drop), -t["accuracy"]))
+    ranked = policy.rank_for_retraining(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
+                                        cfg.search.budget.max_accuracy_drop)
     if cfg.search.top_k == 0:
         return ranked[:1]
     futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True): t

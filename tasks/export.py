@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from compression.budget import within_drop
+from compression.budget import int8_rejection
 from compression.checkpoint import file_sha256
 from compression.export import cached_export, onnx_latency, parity, run_onnx, session
 from compression.fileio import atomic_write
@@ -87,7 +87,7 @@ def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dic
     with torch.no_grad():
         torch_top1 = model(images).argmax(1).numpy()
     agreement = float((run_onnx(sess, images).argmax(1) == torch_top1).mean())
-    ok = within_drop(val_acc, float_acc, cfg.quantize.max_accuracy_drop)
+    ok = int8_rejection(float_acc, val_acc, cfg.quantize.max_accuracy_drop) is None
     if not ok:
         log.warning("[export] %s: onnxruntime int8 loses %.2f points on val (limit %.2f): not used",
                     name, 100 * drop, 100 * cfg.quantize.max_accuracy_drop)

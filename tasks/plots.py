@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import matplotlib
 
-from compression.budget import within_drop
-
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+
+from compression.search import is_feasible, pareto_front
 
 # Points closer than this (fractions of the axes' width, height) get one label listing them all.
 SHARED_POINT = (0.03, 0.04)
@@ -48,16 +48,6 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str)
     return fig
 
 
-def _pareto_front(points: list[tuple]) -> list[tuple]:
-    """The (cost, accuracy) points no cheaper point matches in accuracy, `points` sorted by cost."""
-    front, best = [], -1.0
-    for cost, acc, _ in points:
-        if acc > best:
-            front.append((cost, acc))
-            best = acc
-    return front
-
-
 def _label_groups(ax, points: list[tuple]) -> list[tuple[tuple, list[str]]]:
     """(point, names) per spot of the axes: candidates that share a point (int8 models sit on the MACs of
     their float source) get one label instead of labels drawn over each other."""
@@ -95,7 +85,8 @@ def pareto(rows: list[dict], x: str, xlabel: str):
     points = sorted(((r[x], r["accuracy"], r["candidate"]) for r in rows), key=lambda p: (p[0], -p[1]))
     for cost, acc, _ in points:
         ax.scatter(cost, acc, s=40)
-    ax.plot(*zip(*_pareto_front(points)), color="grey", ls="--", lw=1, label="Pareto front")
+    front = pareto_front([(cost, acc) for cost, acc, _ in points])
+    ax.plot(*zip(*front), color="grey", ls="--", lw=1, label="Pareto front")
     labels = [ax.annotate("\n".join(names), point, textcoords="offset points", xytext=LABEL_OFFSET, fontsize=8)
               for point, names in _label_groups(ax, points)]
     ax.set(xlabel=xlabel, ylabel="test accuracy", title=f"accuracy vs {xlabel}")
@@ -112,7 +103,7 @@ def search_pareto(trials: list[dict], plan: dict, max_drop: float):
     metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
     done = [t for t in trials if t["state"] == "COMPLETE" and t.get(metric) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
-    feasible = [t for t in done if t[metric] <= limit and within_drop(t["accuracy"], teacher, max_drop)]
+    feasible = [t for t in done if is_feasible(t, metric, limit, teacher, max_drop)]
     others = [t for t in done if t not in feasible]
     if others:
         ax.scatter([t[metric] for t in others], [t["accuracy"] for t in others], s=30, color="lightgrey",

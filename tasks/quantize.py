@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from itertools import islice
 
-from compression.budget import within_drop
+from compression.budget import int8_rejection
 from compression.measure import evaluate_classifier
 from compression.models import example_input, input_channels
 from compression.quantization import quantize as quantize_model
@@ -48,10 +48,10 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
         acc = evaluate_classifier(quantized, val)["accuracy"]
         drop = float_acc - acc
         run.log_metrics({"val_acc": acc, "val_acc_drop": drop}, prefix=f"{mode}.")
-        if not within_drop(acc, float_acc, settings.max_accuracy_drop):
+        if (rejected := int8_rejection(float_acc, acc, settings.max_accuracy_drop)) is not None:
             log.warning("[quantize] %s int8 model loses %.2f points on val (limit %.2f): not a candidate",
                         mode, 100 * drop, 100 * settings.max_accuracy_drop)
-            run.set_tags({f"{mode}.rejected": f"val accuracy drop {drop:.4f} > {settings.max_accuracy_drop}"})
+            run.set_tags({f"{mode}.rejected": rejected})
             continue
         result[mode] = save_candidate(run, quantized, workdir, f"quantized_{mode}", bundle, val_acc=acc,
                                       source_sha256=model["sha256"])

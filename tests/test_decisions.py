@@ -43,3 +43,29 @@ def test_the_accuracy_budget_passes_a_tie_and_fails_past_it():
     assert within_drop(0.90, 0.91, 0.01) and not within_drop(0.8999, 0.91, 0.01)
     assert within_drop(0.95, 0.91, 0.0)  # better than the reference is always within
     assert within_limit(0.0) and within_limit(-0.3) and within_limit(5e-10) and not within_limit(1e-6)
+
+
+def test_an_int8_model_past_the_drop_is_rejected_with_its_reason():
+    from compression.budget import int8_rejection
+
+    assert int8_rejection(0.90, 0.895, 0.01) is None
+    assert int8_rejection(0.90, 0.89, 0.01) is None  # a tie passes
+    assert int8_rejection(0.90, 0.88, 0.01) == "val accuracy drop 0.0200 > 0.01"
+    assert int8_rejection(0.90, 0.95, 0.0) is None
+
+
+def _trial(number, accuracy, macs, state="COMPLETE"):
+    return {"number": number, "state": state, "accuracy": accuracy, "macs": macs}
+
+
+def test_the_search_retrains_feasible_trials_first_then_the_most_accurate():
+    from compression.search import rank_for_retraining
+
+    trials = [_trial(0, 0.95, 900), _trial(1, 0.89, 100), _trial(2, 0.91, 400), _trial(3, 0.93, 500),
+              _trial(4, 0.99, 50, state="FAIL")]
+    # budget 600 MACs, teacher 0.92, max drop 0.02: trials 2 and 3 are feasible; 0 is over budget, 1 too inaccurate
+    ranked = [t["number"] for t in rank_for_retraining(trials, "macs", 600, 0.92, 0.02)]
+    assert ranked == [3, 2, 0, 1]
+    # on latency the trials were not timed: accurate enough first, then the fewest MACs
+    ranked = [t["number"] for t in rank_for_retraining(trials, "latency_ms", 5.0, 0.92, 0.02)]
+    assert ranked == [2, 3, 0, 1]
