@@ -26,6 +26,13 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the field."""
 
 
+def without_duplicates(value: list) -> list:
+    """A list setting whose entries must be distinct (the field's name prefixes the message)."""
+    if len(set(value)) != len(value):
+        raise ValueError(f"{value} has duplicates")
+    return value
+
+
 class Section(BaseModel):
     # inf and nan make no sense for any setting here; pydantic accepts them unless told otherwise.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -206,9 +213,7 @@ class QuantizeConfig(Section):
     @field_validator("modes")
     @classmethod
     def _modes(cls, value):
-        if len(set(value)) != len(value):
-            raise ValueError(f"modes {value} has duplicates")
-        return value
+        return without_duplicates(value)
 
 
 class ExportConfig(Section):
@@ -251,9 +256,7 @@ class FidelityConfig(Section):
     @field_validator("corruptions", "severities")
     @classmethod
     def _unique(cls, value):
-        if len(set(value)) != len(value):
-            raise ValueError(f"{value} has duplicates")
-        return value
+        return without_duplicates(value)
 
 
 class GatesConfig(Section):
