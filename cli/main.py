@@ -60,12 +60,19 @@ def _print_result(result: dict) -> None:
               f"serves on {reg['runtime']})")
 
 
-def cmd_run(args) -> int:
-    from tasks.config import load_config, parse_set_options
+def _preflight(cfg) -> None:
+    """The flows' checks, run here first: bad input fails before Prefect starts."""
+    from flows.chain import refusable_stages
     from tasks.preflight import preflight
 
+    preflight(cfg, refusable_stages(cfg))
+
+
+def cmd_run(args) -> int:
+    from tasks.config import load_config, parse_set_options
+
     overrides = parse_set_options(args.set or [])
-    preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
+    _preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
     result = _flow(args.flow)(config=args.config, overrides=overrides)
     _print_result(result)
     return 0
@@ -74,14 +81,14 @@ def cmd_run(args) -> int:
 def cmd_search(args) -> int:
     from flows.search import search
     from tasks.config import load_config, parse_set_options
-    from tasks.preflight import check_dask, check_search_cluster, preflight
+    from tasks.preflight import check_dask, check_search_cluster
     from tasks.search import check_constructible
 
     overrides = parse_set_options(args.set or [])
     if args.dask_address:
         overrides["search.dask_address"] = args.dask_address
     cfg = load_config(args.config, overrides)
-    preflight(cfg)
+    _preflight(cfg)
     check_search_cluster(cfg)
     check_constructible(cfg)
     check_dask(cfg.search.dask_address or os.environ.get("SHRINKFLOW_DASK_ADDRESS"))
@@ -93,10 +100,9 @@ def cmd_search(args) -> int:
 def cmd_stability(args) -> int:
     from flows.stability import stability
     from tasks.config import load_config, parse_set_options
-    from tasks.preflight import preflight
 
     overrides = parse_set_options(args.set or [])
-    preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
+    _preflight(load_config(args.config, overrides))  # bad input fails here, before Prefect starts
     result = stability(config=args.config, overrides=overrides, seeds=args.seeds)
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
     for run in result["runs"]:

@@ -2,10 +2,10 @@
 latency), found by Optuna over depth, width, pruning importance, distillation and int8, with trials in
 parallel on Dask.
 
-search: load -> fetch -> finetune -> plan_search -> [trials on Dask: trim -> distill -> prune -> quantize,
-measured on val] -> top-k trained again at full epochs -> evaluate (one after another, so latency is fair)
--> search_report -> report -> register.
-A trial is the pipeline's own stages run with the trial's settings; shared work comes from the cache.
+search: the chain's teacher stages (flows/chain.py) -> plan_search -> [trials on Dask: the chain's compression
+stages, measured on val] -> top-k trained again at full epochs -> search_report -> the chain's evaluation
+stages (evaluate one candidate after another, so latency is fair) with the search's own pick to register.
+A trial is the pipeline's own compression stages run with the trial's settings; shared work comes from the cache.
 """
 
 from __future__ import annotations
@@ -25,15 +25,10 @@ from prefect_dask import DaskTaskRunner
 from compression import CompressionError, first_line
 from compression import search as policy
 from compression.selection import pick_within_gates
+from flows.chain import Made, compress_teacher, prepare_teacher
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import PipelineConfig, load_config
-from tasks.data import load_data
-from tasks.distill import distill
-from tasks.fetch import fetch_pretrained
-from tasks.finetune import finetune
 from tasks.preflight import check_dask, check_search_cluster
-from tasks.prune import prune
-from tasks.quantize import quantize
 from tasks.search import (
     check_constructible,
     failed_outcome,
@@ -51,7 +46,6 @@ from tasks.search import (
     trial_run,
 )
 from tasks.tracking import fail_orphaned_runs
-from tasks.trim import trim
 
 log = logging.getLogger("shrinkflow")
 
@@ -65,18 +59,13 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
         overrides = trial_overrides(cfg, settings, plan, full)
         handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
         trial_cfg = trial_config(cfg, overrides)
-        run = StageRunner(trial_cfg, trial_ctx, handle)
-        student = run(trim, data=data, teacher=teacher) if trial_cfg.trim.enabled else None
-        student = run(distill, data=data, teacher=teacher, student=student)["kd"]
-        if trial_cfg.prune.enabled:
-            student = run(prune, data=data, student=student, teacher=teacher).get("structured") or student
-        if trial_cfg.quantize.enabled:
-            quantized = run(quantize, data=data, model=student).get("static")
-            if quantized is None and plan["metric"] == "size_bytes":  # its width assumed an int8 file
-                raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
-                                       "model would be over the size budget")
-            student = quantized or student
-        return measure_trial(trial_cfg, handle, data, number, settings, student)
+        # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
+        made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
+        # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
+        if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
+            raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
+                                   "model would be over the size budget")
+        return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
 
 
 def _outcome(future, number: int, settings: dict) -> dict:
@@ -177,10 +166,8 @@ def run_search(cfg: PipelineConfig) -> dict:
     check_search_cluster(cfg)  # a deployment run's settings: refused before any MLflow run
     check_constructible(cfg)
     with tracked_pipeline(cfg, "search") as run:
-        data = run(load_data)
-        teacher = run(fetch_pretrained, data=data)
-        if cfg.finetune.enabled:
-            teacher = run(finetune, data=data, base=teacher)
+        made = prepare_teacher(run)  # offers the teacher: the first candidate, the reference
+        data, teacher = made.data, made.teacher
         plan = run(plan_search, data=data, teacher=teacher)
         try:
             with prefect_api_for_workers():
@@ -188,7 +175,7 @@ def run_search(cfg: PipelineConfig) -> dict:
         finally:  # trial runs of a Dask worker that died on this host: FAILED now, not RUNNING until next time
             fail_orphaned_runs(run.ctx.client(), run.ctx.experiment_id)
         run(search_report, trials=found["trials"], plan=plan)
-        run.offer(teacher, *({**f["model"], "name": f"trial-{f['number']}"} for f in found["finalists"]))
+        run.offer(*({**f["model"], "name": f"trial-{f['number']}"} for f in found["finalists"]))  # after the teacher
         result = run.finish(data, teacher, cfg.register.enabled,
                             choose=lambda rows: _choice(plan, cfg, found["finalists"], rows, run.ctx.parent_run_id))
         return {**result, "trials": found["trials"], "finalists": found["finalists"], "plan": plan,

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.pipeline import tracked_pipeline
+from flows.chain import link_named
+from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import load_config
 from tasks.data import load_data
-from tasks.distill import distill
 from tasks.fetch import fetch_pretrained
-from tasks.finetune import finetune
-from tasks.prune import prune
-from tasks.quantize import quantize
-from tasks.trim import trim
+from tasks.stage import ModelRef
+
+
+def run_stage(run: StageRunner, stage: str, **inputs) -> list[ModelRef]:
+    """The chain's `stage` on `inputs`; offers the models it made, in the chain's candidate order, and returns
+    them. Unlike the pipeline it offers finetune's and trim's models too: here they are what the flow is for."""
+    link = link_named(stage)
+    made = [ref for ref in link.makes(run(link.task, **inputs), run.cfg) if ref is not None]
+    run.offer(*made)
+    return made
 
 
 @flow(name="finetune")
@@ -25,7 +31,7 @@ def finetune_flow(config: str, overrides: dict | None = None, base: str | None =
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "finetune") as run:
         data = run(load_data)
-        teacher = run.offer(run(finetune, data=data, base=run(fetch_pretrained, data=data, source=base)))
+        [teacher] = run_stage(run, "finetune", data=data, base=run(fetch_pretrained, data=data, source=base))
         return run.finish(data, teacher, register_best=False)
 
 
@@ -35,7 +41,7 @@ def trim_flow(config: str, teacher: str, overrides: dict | None = None) -> dict:
     with tracked_pipeline(cfg, "trim") as run:
         data = run(load_data)
         ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
-        trimmed = run.offer(run(trim, data=data, teacher=ref))
+        [trimmed] = run_stage(run, "trim", data=data, teacher=ref)
         return run.finish(data, trimmed, register_best=False)
 
 
@@ -47,8 +53,8 @@ def distill_flow(config: str, teacher: str, student: str | None = None, override
         data = run(load_data)
         teacher_ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
         student_ref = run(fetch_pretrained, data=data, source=student, name="student") if student else None
-        out = run(distill, data=data, teacher=teacher_ref, student=student_ref)
-        return run.finish(data, run.offer(out["kd"], out.get("baseline")), register_best=False)
+        kd, *_ = run_stage(run, "distill", data=data, teacher=teacher_ref, student=student_ref)
+        return run.finish(data, kd, register_best=False)
 
 
 @flow(name="prune")
@@ -59,9 +65,8 @@ def prune_flow(config: str, student: str, teacher: str | None = None, overrides:
         data = run(load_data)
         student_ref = run.offer(run(fetch_pretrained, data=data, source=student, name="unpruned"))
         teacher_ref = run(fetch_pretrained, data=data, source=teacher, name="teacher") if teacher else student_ref
-        out = run(prune, data=data, student=student_ref, teacher=teacher_ref)
-        pruned = run.offer(out.get("structured"), out.get("unstructured"))
-        return run.finish(data, pruned or out.get("unstructured"), register_best=False)
+        pruned = run_stage(run, "prune", data=data, student=student_ref, teacher=teacher_ref)
+        return run.finish(data, pruned[0], register_best=False)  # the structured model, else the unstructured
 
 
 @flow(name="quantize")
@@ -71,6 +76,5 @@ def quantize_flow(config: str, model: str, overrides: dict | None = None) -> dic
     with tracked_pipeline(cfg, "quantize") as run:
         data = run(load_data)
         ref = run.offer(run(fetch_pretrained, data=data, source=model, name="float"))
-        out = run(quantize, data=data, model=ref)
-        run.offer(*(out.get(mode) for mode in cfg.quantize.modes))
-        return run.finish(data, ref, register_best=False)
+        run_stage(run, "quantize", data=data, model=ref)
+        return run.finish(data, ref, register_best=False)  # int8 models are not exported: the float one is

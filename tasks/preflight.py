@@ -36,12 +36,14 @@ def ensure_writable(directory) -> None:
                                f"({exc.strerror or type(exc).__name__})") from None
 
 
-def preflight(cfg: PipelineConfig) -> str:
-    """Run every check; returns the tracking URI the pipeline logs to."""
+def preflight(cfg: PipelineConfig, refusable_stages: list[str]) -> str:
+    """Run every check; returns the tracking URI the pipeline logs to. `refusable_stages`: the stages the run
+    takes the model through, as compression.models names them (flows.chain.refusable_stages: the chain of
+    stages is known in flows, which tasks never import)."""
     if cfg.source.startswith(("scratch:", "torchvision:")):  # a stage the architecture cannot do: refuse now
-        arch, stages = cfg.source.split(":")[1], planned_stages(cfg)
-        check_stages(arch, stages)
-        if "trim" in stages and arch in list_architectures():
+        arch = cfg.source.split(":")[1]
+        check_stages(arch, refusable_stages)
+        if "trim" in refusable_stages and arch in list_architectures():
             check_trimmable_arch(arch)
     if cfg.quantize.enabled:
         try:
@@ -93,16 +95,6 @@ def check_search_cluster(cfg: PipelineConfig) -> None:
                           f"processes; this machine has {cores} cores (use search.dask_address for a larger cluster)")
 
 
-def planned_stages(cfg: PipelineConfig) -> list[str]:
-    """The compression stages (as compression.models.check_supported names them) this config will run."""
-    stages = ["trim"] if cfg.trim.enabled else []
-    if cfg.prune.enabled and cfg.prune.method in ("structured", "both"):
-        stages.append("prune")
-    if cfg.quantize.enabled:
-        stages += [f"quantize-{mode}" for mode in cfg.quantize.modes]
-    return stages + (["export"] if cfg.export.onnx else [])
-
-
 def check_dask(address: str | None, timeout: float = 5.0) -> None:
     """Fail in one line, before any work, when a Dask scheduler given by address does not answer."""
     if not address:
@@ -116,10 +108,10 @@ def check_dask(address: str | None, timeout: float = 5.0) -> None:
 
 
 @contextmanager
-def open_pipeline(cfg: PipelineConfig, flow_name: str):
-    """Checks that need no Prefect (tracking store, output directory, data and model paths), then the
-    pipeline's parent run with its config and provenance: (RunContext, StageRun)."""
-    tracking_uri = preflight(cfg)
+def open_pipeline(cfg: PipelineConfig, flow_name: str, refusable_stages: list[str]):
+    """Checks that need no Prefect (tracking store, output directory, data and model paths, the stages the
+    architecture may refuse), then the pipeline's parent run with its config and provenance: (RunContext, StageRun)."""
+    tracking_uri = preflight(cfg, refusable_stages)
     with pipeline_run(tracking_uri, cfg.tracking.experiment, f"{cfg.name}-{flow_name}", logged_config(cfg),
                       provenance(cfg, flow_name, tracking_uri)) as (ctx, parent):
         log.info("MLflow run %s (experiment %s) at %s", ctx.parent_run_id, cfg.tracking.experiment,

@@ -144,8 +144,10 @@ def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool)
     overrides = dict(settings)
     keep = settings.get("trim.keep_per_stage", cfg.trim.keep_per_stage if cfg.trim.enabled else None)
     quantize = settings.get("quantize.enabled", cfg.quantize.enabled)
-    overrides.update({"trim.enabled": keep is not None, "quantize.modes": ["static"], "export.onnx": False,
-                      "register.enabled": False, "distill.baseline": False})
+    # A trial always distils (its student is the KD student whose temperature and alpha the search tunes),
+    # and measures the static int8 model only; it exports and registers nothing.
+    overrides.update({"trim.enabled": keep is not None, "distill.enabled": True, "quantize.modes": ["static"],
+                      "export.onnx": False, "register.enabled": False, "distill.baseline": False})
     if keep is not None:
         overrides["trim.keep_per_stage"] = keep
     if plan["widths"]:

@@ -186,14 +186,16 @@ def test_matrix_script_on_a_subset(tmp_path):
 
 
 def test_the_cli_preflight_refuses_a_planned_stage_before_any_run(tmp_path):
+    from flows.chain import refusable_stages
     from tasks.config import load_config
-    from tasks.preflight import planned_stages, preflight
+    from tasks.preflight import preflight
 
     overrides = {"source": "scratch:squeezenet1_1", "trim.enabled": False, "output_dir": str(tmp_path / "out"),
                  "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     cfg = load_config(PROJECT_ROOT / "configs" / "smoke.yaml", overrides)
-    assert planned_stages(cfg) == ["prune", "quantize-static", "quantize-dynamic", "export"]
+    assert refusable_stages(cfg) == ["prune", "quantize-static", "quantize-dynamic", "export"]
     with pytest.raises(CompressionError, match=r"^squeezenet1_1: quantize-dynamic is not supported"):
-        preflight(cfg)
+        preflight(cfg, refusable_stages(cfg))
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was touched
-    preflight(load_config(PROJECT_ROOT / "configs" / "smoke.yaml", {**overrides, "quantize.modes": ["static"]}))
+    static_only = load_config(PROJECT_ROOT / "configs" / "smoke.yaml", {**overrides, "quantize.modes": ["static"]})
+    preflight(static_only, refusable_stages(static_only))

@@ -8,6 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from compression.checkpoint import file_sha256
 from compression.data import load_dataset
+from flows.chain import chain_links, planned_stages
+from tasks.config import PROJECT_ROOT, load_config
 
 # `make test`'s integration tests: every stage on a few hundred images, on real Prefect and MLflow. The session's
 # smoke pipeline is shared with tests/test_serving.py, and the whole of both modules runs on one xdist worker:
@@ -16,8 +18,8 @@ from compression.data import load_dataset
 # that no longer find the smoke pipeline's cached stages.
 pytestmark = pytest.mark.xdist_group("smoke")
 
-STAGES = ["load_data", "fetch_pretrained", "finetune", "trim", "distill", "prune", "quantize", "evaluate", "fidelity",
-          "export", "report", "register"]
+# The stages of the smoke pipeline, in order, as the chain (flows/chain.py) plans them for its config.
+STAGES = planned_stages(load_config(PROJECT_ROOT / "configs" / "smoke.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,7 @@ def test_run_tree_params_metrics_artifacts(first_run, store):
     parent = client.get_run(first_run["run_id"])
     assert parent.info.status == "FINISHED"
     children = _children(client, parent)
+    assert STAGES == [link.name for link in chain_links()]  # the smoke config runs every stage of the chain
     assert sorted(children) == sorted(STAGES)
     assert all(r.info.status == "FINISHED" for r in children.values())
     # provenance on the parent
