@@ -26,7 +26,8 @@ from tasks.quantize import quantize
 from tasks.register import register
 from tasks.report import report
 from tasks.stage import ModelRef
-from tasks.tracking import RunContext, StageRun, redact
+from tasks.tracking import RunContext, StageRun
+from tasks.tracking_uri import redact
 from tasks.trim import trim
 
 log = logging.getLogger("shrinkflow")
