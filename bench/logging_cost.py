@@ -24,7 +24,8 @@ EPOCH_ROW = {"train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.
 
 
 def measure(uri: str) -> dict:
-    from tasks.tracking import StageRun, make_client
+    from tasks.mlflow_store import make_client
+    from tasks.tracking import StageRun
 
     client = make_client(uri)
     experiment = client.get_experiment_by_name("logging") or client.get_experiment(client.create_experiment("logging"))

@@ -78,7 +78,8 @@ def task(cfg: dict, out: Path) -> dict:
     from tasks.data import load_data
     from tasks.fetch import fetch_pretrained
     from tasks.finetune import finetune
-    from tasks.tracking import make_client, pipeline_run
+    from tasks.mlflow_store import make_client
+    from tasks.tracking import pipeline_run
 
     pc = config_from_dict(cfg)
     make_client(pc.tracking.uri)  # a new sqlite store is created and migrated once; not part of the work
@@ -109,7 +110,7 @@ def flow(cfg: dict, out: Path) -> dict:
     from tasks.data import load_data
     from tasks.fetch import fetch_pretrained
     from tasks.finetune import finetune
-    from tasks.tracking import make_client
+    from tasks.mlflow_store import make_client
 
     make_client(cfg["tracking"]["uri"])
 

@@ -127,7 +127,7 @@ def cmd_predict(args) -> int:
     from flows.predict import predict
     from tasks.config import load_config, parse_set_options
     from tasks.predict import output_dir, registered_version, store_of
-    from tasks.tracking import check_tracking
+    from tasks.tracking_uri import check_tracking
 
     # Bad input fails here, before Prefect starts: the config, the image folder, the store, the model.
     overrides = parse_set_options(args.set or [])
@@ -195,7 +195,8 @@ def _print_search(result: dict) -> None:
 
 
 def _runs(tracking_uri: str | None, experiment: str, filter_string: str):
-    from tasks.tracking import check_tracking, default_tracking_uri, make_client
+    from tasks.mlflow_store import make_client
+    from tasks.tracking_uri import check_tracking, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     check_tracking(uri)
@@ -291,7 +292,8 @@ def cmd_reproduce(args) -> int:
     from mlflow.exceptions import MlflowException
 
     from tasks.config import config_from_dict
-    from tasks.tracking import check_tracking, default_tracking_uri, make_client
+    from tasks.mlflow_store import make_client
+    from tasks.tracking_uri import check_tracking, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     check_tracking(uri)

@@ -13,7 +13,8 @@ from flows import chain
 from tasks.config import PipelineConfig
 from tasks.preflight import open_pipeline
 from tasks.stage import ModelRef
-from tasks.tracking import RunContext, StageRun, redact
+from tasks.tracking import RunContext, StageRun
+from tasks.tracking_uri import redact
 
 log = logging.getLogger("shrinkflow")
 

@@ -16,7 +16,7 @@ from flows.pipeline import tracked_pipeline
 from tasks.config import ConfigError, PipelineConfig, load_config
 from tasks.data import load_data
 from tasks.fidelity import stability_report
-from tasks.tracking import redact
+from tasks.tracking_uri import redact
 
 STABILITY_KIND = "stability"
 

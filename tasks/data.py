@@ -16,8 +16,8 @@ from mlflow.entities import DatasetInput, InputTag
 from compression.data import DataBundle, load_dataset
 from compression.loader import default_workers
 from tasks.config import DataConfig, PipelineConfig
+from tasks.mlflow_store import insert_safely
 from tasks.stage import stage_task
-from tasks.tracking import insert_safely
 
 log = logging.getLogger("shrinkflow")
 

@@ -65,7 +65,8 @@ def build_bundle(job: dict, workers: int) -> DataBundle:
 
 def epoch_logger(job: dict):
     """The leader's per-epoch logging into the stage's MLflow run (the same call a local stage makes)."""
-    from tasks.tracking import StageRun, make_client
+    from tasks.mlflow_store import make_client
+    from tasks.tracking import StageRun
 
     tracking = job["tracking"]
     run = StageRun(make_client(tracking["uri"]), tracking["run_id"], tracking["stage"])

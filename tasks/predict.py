@@ -27,8 +27,10 @@ from compression.inference import as_images, image_files, read_images, true_labe
 from tasks.config import PROJECT_ROOT, ConfigError, PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import registry_version
+from tasks.mlflow_store import load_pyfunc, make_client
 from tasks.preflight import ensure_writable
-from tasks.tracking import check_tracking, default_tracking_uri, load_pyfunc, make_client, pipeline_run, redact
+from tasks.tracking import pipeline_run
+from tasks.tracking_uri import check_tracking, default_tracking_uri, redact
 
 log = logging.getLogger("shrinkflow")
 BATCH = 512

@@ -19,7 +19,9 @@ from compression.models import check_stages, list_architectures
 from compression.quantization import check_backend as check_quantize_backend
 from compression.trimming import check_trimmable_arch
 from tasks.config import ConfigError, DistributedConfig, PipelineConfig
-from tasks.tracking import check_tracking, default_tracking_uri, logged_config, pipeline_run, provenance, redact
+from tasks.provenance import logged_config, provenance
+from tasks.tracking import pipeline_run
+from tasks.tracking_uri import check_tracking, default_tracking_uri, redact
 
 log = logging.getLogger("shrinkflow")
 

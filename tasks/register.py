@@ -37,8 +37,9 @@ from compression.selection import choose, gate_log
 from tasks.config import PipelineConfig
 from tasks.data import dataset_labels, get_bundle
 from tasks.fetch import SHA_TAG
+from tasks.mlflow_store import insert_safely, load_pyfunc
 from tasks.stage import stage_task
-from tasks.tracking import RunContext, insert_safely, load_pyfunc
+from tasks.tracking import RunContext
 
 log = logging.getLogger("shrinkflow")
 

@@ -19,7 +19,8 @@ from prefect.states import Completed
 from compression.errors import retry_may_fix
 from tasks import cache as records
 from tasks.config import NOT_RESULTS, PipelineConfig
-from tasks.tracking import RunContext, StageRun, run_finished, stage_run, store_id
+from tasks.tracking import RunContext, StageRun, run_finished, stage_run
+from tasks.tracking_uri import store_id
 
 log = logging.getLogger("shrinkflow")
 

@@ -64,7 +64,8 @@ def test_unlabeled_samples_get_only_the_soft_term():
 def distill_stage(tmp_path):
     """The distil stage's body (no Prefect engine) logging to a fresh sqlite store under a parent run."""
     from tasks.config import load_config
-    from tasks.tracking import RunContext, make_client
+    from tasks.mlflow_store import make_client
+    from tasks.tracking import RunContext
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = make_client(uri)

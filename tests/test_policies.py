@@ -1,7 +1,7 @@
 """Pure policies: which candidate is registered, how URIs are shown and which store they name."""
 
 from compression.selection import choose
-from tasks.tracking import redact, store_id
+from tasks.tracking_uri import redact, store_id
 
 
 def _row(name, accuracy, params, size=100):
