@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PYTHON, QUICK, WORK, save, say, use_prefect_env
+from bench.common import PYTHON, QUICK, RESULTS, WORK, save, say, use_prefect_env
 
 CLASSES = 10
 SIZES = (200, 1_000) if QUICK else (1_000, 20_000)
@@ -351,15 +351,17 @@ def pipeline_run() -> dict:
     return {"wall_seconds": wall, "stages": stages, "train_images": 10 * (8 if QUICK else 30)}
 
 
-def _demo_commands(name: str) -> list[list[str]]:
-    """What `shrinkflow demo` runs. The fidelity stage came after streaming (it is timed in bench/fidelity.py):
-    it is left out of this code's run, so the two runs do the same work."""
-    after = ["--set", "fidelity.enabled=false"] if name == "after" else []
-    return [["run", "configs/pretrain.yaml", "--flow", "pretrain", *after], ["run", "configs/quickstart.yaml", *after]]
+def _demo_commands(name: str, outputs: Path) -> list[list[str]]:
+    """What `shrinkflow demo` runs, its outputs in `outputs` (never the checkout's own outputs/, which holds the
+    user's cache). The fidelity stage came after streaming (it is timed in bench/fidelity.py): it is left out
+    of this code's run, so the two runs do the same work."""
+    settings = ["--set", f"output_dir={outputs}"] + (["--set", "fidelity.enabled=false"] if name == "after" else [])
+    return [["run", "configs/pretrain.yaml", "--flow", "pretrain", *settings],
+            ["run", "configs/quickstart.yaml", *settings]]
 
 
-def demo_before_and_after(commit: str, rounds: int = 2) -> dict:
-    """(e) the demo of `commit` (a worktree) and of this checkout, in turn, each on a fresh store."""
+def demo_before_and_after(commit: str, rounds: int = 3) -> dict:
+    """(e) the demo of `commit` (a worktree) and of this checkout, in turn, each on a fresh store and outputs."""
     import shutil
     import statistics
 
@@ -373,14 +375,13 @@ def demo_before_and_after(commit: str, rounds: int = 2) -> dict:
         for name, root in (("before", before), ("after", PROJECT_ROOT)):
             store = WORK / f"demo-{name}-store"
             shutil.rmtree(store, ignore_errors=True)
-            shutil.rmtree(root / "outputs", ignore_errors=True)
             store.mkdir(parents=True)
             env = {**os.environ, "PREFECT_HOME": str(store / "prefect"), "GIT_PYTHON_REFRESH": "quiet",
                    "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}"}
             env.pop("PREFECT_API_URL", None)
             say(f"images: the demo, {name} ({commit if name == 'before' else 'this checkout'})")
             started = time.perf_counter()
-            for command in _demo_commands(name):
+            for command in _demo_commands(name, store / "outputs"):
                 subprocess.run([PYTHON, "-m", "cli", *command], cwd=root, env=env, check=True, capture_output=True)
             seconds[name].append(time.perf_counter() - started)
     return {"commit_before": commit, "seconds": seconds,
@@ -494,10 +495,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probe", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--skip-demo", action="store_true", help="leave out (e), the two demo runs per commit")
+    parser.add_argument("--skip-demo", action="store_true", help="leave out (e), the demo runs of both commits")
+    parser.add_argument("--demo-only", action="store_true",
+                        help="run (e) alone and replace it in bench/results/images.json, keeping the rest")
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(probe(args.probe, args.eager)))
+        return
+    if args.demo_only:
+        kept = json.loads((RESULTS / "images.json").read_text())
+        kept = {k: v for k, v in kept.items() if k not in ("finished", "quick", "benchmark", "git_commit", "git_dirty")}
+        kept["other_parts_commit"] = json.loads((RESULTS / "images.json").read_text())["git_commit"]
+        save("images", {**kept, "demo": demo_before_and_after(DEMO_BASELINE)})
         return
     results = {"scale": scale_runs(), "throughput": throughput_runs(), "accuracy": accuracy_runs(),
                "ddp": ddp_runs(), "pipeline": pipeline_run()}
