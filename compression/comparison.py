@@ -4,18 +4,20 @@ float model it was made from."""
 
 from __future__ import annotations
 
+from compression.candidates import STUDENT_KD, STUDENT_PLAIN, TEACHER
+
 # Two identical models differ by up to this factor in speed on a shared CPU: within it is not a speed-up.
 SPEED_MARGIN = 1.1
 # A file at least this many times smaller is reported as smaller.
 SIZE_MARGIN = 1.05
 
 
-def reference_row(rows: list[dict], reference: str = "teacher") -> dict:
+def reference_row(rows: list[dict], reference: str = TEACHER) -> dict:
     """The row of the candidate named `reference`, else the first row."""
     return next((row for row in rows if row["candidate"] == reference), rows[0])
 
 
-def with_ratios(rows: list[dict], reference: str = "teacher") -> list[dict]:
+def with_ratios(rows: list[dict], reference: str = TEACHER) -> list[dict]:
     """Copies of the rows with accuracy_drop, params_x, macs_x (how many times smaller) and speedup
     (throughput, how many times faster) against the reference."""
     ref = reference_row(rows, reference)
@@ -29,8 +31,8 @@ def with_ratios(rows: list[dict], reference: str = "teacher") -> list[dict]:
 def kd_gain(rows: list[dict]) -> float | None:
     """Test accuracy of the KD student minus the same student trained without KD; None without both."""
     acc = {r["candidate"]: r["accuracy"] for r in rows}
-    if "student_kd" in acc and "student_plain" in acc:
-        return acc["student_kd"] - acc["student_plain"]
+    if STUDENT_KD in acc and STUDENT_PLAIN in acc:
+        return acc[STUDENT_KD] - acc[STUDENT_PLAIN]
     return None
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from compression import CompressionError
 from compression.budget import within_drop
+from compression.candidates import PRUNED, QUANTIZED_STATIC, STUDENT_KD
 from compression.checkpoint import save_model
 from compression.measure import count_macs, count_nonzero_params
 from compression.models import example_input, head, quantization_info, require_spec
@@ -313,8 +314,8 @@ def _candidate_name(ratio: float, keep_per_stage, quantize: bool) -> str:
     """The name the pipeline saves the trial's final model under: it names the file and the records inside
     it, and goes into its meta, so it changes the file size by some bytes."""
     if quantize:
-        return "quantized_static"
-    return "pruned" if ratio > 0 else "student_kd"
+        return QUANTIZED_STATIC
+    return PRUNED if ratio > 0 else STUDENT_KD
 
 
 def _file_size(model: nn.Module, name: str, meta: dict | None) -> int:

@@ -4,6 +4,7 @@ the one that would have been champion, as challenger."""
 from __future__ import annotations
 
 from compression.budget import within_drop
+from compression.candidates import TEACHER
 from compression.comparison import reference_row
 from compression.gates import check_gates, describe
 
@@ -23,7 +24,7 @@ def _passing(row: dict, gates: dict[str, float]) -> bool:
     return all(result["passed"] for result in check_gates(row, gates))
 
 
-def choose(rows: list[dict], max_drop: float, objective: str, reference: str = "teacher",
+def choose(rows: list[dict], max_drop: float, objective: str, reference: str = TEACHER,
            gates: dict[str, float] | None = None) -> tuple[dict, str]:
     """(row, alias) among evaluation rows ({"candidate", "accuracy", cost keys, fidelity figures}).
 
@@ -48,7 +49,7 @@ def choose(rows: list[dict], max_drop: float, objective: str, reference: str = "
 
 
 def gate_log(rows: list[dict], row: dict, alias: str, max_drop: float, objective: str,
-             gates: dict[str, float] | None, reference: str = "teacher") -> list[str]:
+             gates: dict[str, float] | None, reference: str = TEACHER) -> list[str]:
     """The registration decision on the gates, in at most two lines: which gates the budget's cheapest row
     failed and by how much (when it was not registered champion), and what the registered row scored on
     every gate. Empty when no gate is set."""

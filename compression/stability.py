@@ -10,6 +10,7 @@ import torch
 
 from compression import CompressionError
 from compression import fidelity as fid
+from compression.candidates import TEACHER
 
 # The per-seed figures summarised, and which way each is better: True when higher is better (the worst seed
 # is the lowest), False when lower is better.
@@ -25,7 +26,7 @@ def _drop(row: dict, reference: dict) -> float:
     return row.get("fidelity.accuracy_drop", reference["accuracy"] - row["accuracy"])
 
 
-def seed_spreads(rows_by_seed: list[list[dict]], reference: str = "teacher") -> dict[str, dict[str, dict]]:
+def seed_spreads(rows_by_seed: list[list[dict]], reference: str = TEACHER) -> dict[str, dict[str, dict]]:
     """{candidate: {figure: fidelity.spread(...)}} over the seeds, from each seed's evaluation rows (with the
     fidelity figures merged in). A figure a candidate lacks in some seed is summarised over the others."""
     values: dict[str, dict[str, list[float]]] = {}
@@ -49,7 +50,7 @@ def _check_population(predictions: dict[str, torch.Tensor], labels: torch.Tensor
 
 
 def population_report(predictions: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str],
-                      reference: str = "teacher") -> dict:
+                      reference: str = TEACHER) -> dict:
     """From predictions [seeds, N] of every candidate (seed s of each from the same pipeline run) on one test
     set: the reference's churn between seeds (the floor), each candidate's churn against the same seed's
     reference (mean, sd, worst; and mean / floor), and Hooker's forgotten images: where the candidate
@@ -78,7 +79,7 @@ def population_report(predictions: dict[str, torch.Tensor], labels: torch.Tensor
 
 
 def forgotten_population_rows(predictions: dict[str, torch.Tensor], labels: torch.Tensor, classes: list[str],
-                              candidate: str, reference: str = "teacher") -> list[dict]:
+                              candidate: str, reference: str = TEACHER) -> list[dict]:
     """One row per image the candidate population forgot (Hooker): index, label, both modal labels and the
     share of each population's seeds that predict its modal label."""
     teacher, population = predictions[reference], predictions[candidate]

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from compression.candidates import QUANTIZED_STATIC
 from compression.comparison import with_fidelity
 from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
 from tasks.evaluate import evaluate
-from tasks.export import INT8_CANDIDATE, export, with_onnx
+from tasks.export import export, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.fidelity import fidelity
 from tasks.finetune import finetune
@@ -95,7 +96,7 @@ def _export_inputs(state: Evaluation) -> dict:
     first = next(iter(state.candidates.values()))
     targets = {ref["name"]: ref for ref in (first, state.final)}
     int8 = {name: ref for name, ref in state.candidates.items()
-            if name == INT8_CANDIDATE and ref.get("source_sha256") == state.final["sha256"]}
+            if name == QUANTIZED_STATIC and ref.get("source_sha256") == state.final["sha256"]}
     return {"data": state.data, "models": targets, "int8": int8}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from compression.candidates import TEACHER
 from flows.chain import link_named
 from flows.pipeline import StageRunner, tracked_pipeline
 from tasks.config import load_config
@@ -40,7 +41,7 @@ def trim_flow(config: str, teacher: str, overrides: dict | None = None) -> dict:
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "trim") as run:
         data = run(load_data)
-        ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
+        ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name=TEACHER))
         [trimmed] = run_stage(run, "trim", data=data, teacher=ref)
         return run.finish(data, trimmed, register_best=False)
 
@@ -51,7 +52,7 @@ def distill_flow(config: str, teacher: str, student: str | None = None, override
     cfg = load_config(config, overrides)
     with tracked_pipeline(cfg, "distill") as run:
         data = run(load_data)
-        teacher_ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name="teacher"))
+        teacher_ref = run.offer(run(fetch_pretrained, data=data, source=teacher, name=TEACHER))
         student_ref = run(fetch_pretrained, data=data, source=student, name="student") if student else None
         kd, *_ = run_stage(run, "distill", data=data, teacher=teacher_ref, student=student_ref)
         return run.finish(data, kd, register_best=False)
@@ -64,7 +65,7 @@ def prune_flow(config: str, student: str, teacher: str | None = None, overrides:
     with tracked_pipeline(cfg, "prune") as run:
         data = run(load_data)
         student_ref = run.offer(run(fetch_pretrained, data=data, source=student, name="unpruned"))
-        teacher_ref = run(fetch_pretrained, data=data, source=teacher, name="teacher") if teacher else student_ref
+        teacher_ref = run(fetch_pretrained, data=data, source=teacher, name=TEACHER) if teacher else student_ref
         pruned = run_stage(run, "prune", data=data, student=student_ref, teacher=teacher_ref)
         return run.finish(data, pruned[0], register_best=False)  # the structured model, else the unstructured
 

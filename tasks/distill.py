@@ -9,6 +9,7 @@ import logging
 
 from torch import nn
 
+from compression.candidates import STUDENT_KD, STUDENT_PLAIN
 from compression.fit_plan import FitPlan
 from compression.models import build_model, count_params
 from compression.training import seed_everything
@@ -56,13 +57,13 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, s
     kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill", split="transfer",
                     plan=plan, teacher=teacher, distributed=cfg.distributed)
     histories = {"KD student": kd.history}
-    result = {"kd": save_candidate(run, kd_student, workdir, "student_kd", bundle, val_acc=kd.best_val_acc)}
+    result = {"kd": save_candidate(run, kd_student, workdir, STUDENT_KD, bundle, val_acc=kd.best_val_acc)}
     if settings.baseline:
         plain_student = copy.deepcopy(init)
         plain = fit_logged(run, plain_student, bundle, settings.train, workdir / "checkpoints-baseline",
                            "distill-baseline", prefix="baseline.", distributed=cfg.distributed)
         histories["student without KD"] = plain.history
-        result["baseline"] = save_candidate(run, plain_student, workdir, "student_plain", bundle,
+        result["baseline"] = save_candidate(run, plain_student, workdir, STUDENT_PLAIN, bundle,
                                             val_acc=plain.best_val_acc)
         run.log_metrics({"kd_gain_val_acc": kd.best_val_acc - plain.best_val_acc})
     log_curves(run, histories, "distillation")

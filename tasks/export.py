@@ -31,8 +31,6 @@ from tasks.training import load
 
 log = logging.getLogger("shrinkflow")
 
-INT8_CANDIDATE = "quantized_static"  # the torch int8 model an int8 ONNX stands beside
-
 
 def _measure(cfg: PipelineConfig, bundle, path: Path, channels: int, size_of) -> tuple:
     """An onnxruntime session on the file, its test accuracy and its speed."""

@@ -23,6 +23,7 @@ import torch
 from compression import candidate_fidelity as cf
 from compression import fidelity as fid
 from compression import stability
+from compression.candidates import TEACHER
 from compression.corruptions import stratified_subset
 from compression.data import DataBundle, to_model_input
 from compression.models import input_channels
@@ -203,7 +204,7 @@ def _stored(reports: dict) -> dict:
 
 def reference_of(candidates: dict) -> str:
     """The candidate the others are compared with: the teacher, else the first (as the report's ratios)."""
-    return "teacher" if "teacher" in candidates else next(iter(candidates))
+    return TEACHER if TEACHER in candidates else next(iter(candidates))
 
 
 @stage_task("fidelity", sections=("fidelity",))
@@ -219,7 +220,7 @@ def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
                                {n: r["sha256"] for n, r in candidates.items()})
     reports = cf.all_reports(evidence, reference, parents, cfg.fidelity.bootstrap, cfg.seed)
     note = method_note(cfg, evidence)
-    noun = "the teacher" if reference == "teacher" else f"the reference ({reference})"
+    noun = "the teacher" if reference == TEACHER else f"the reference ({reference})"
     sentences = {name: cf.candidate_sentences(name, pair, noun, parents.get(name), bundle.classes)
                  for name, pair in reports.items() if name != reference}
     _log_reports(run, reports, bundle.classes)

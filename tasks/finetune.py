@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from compression.candidates import TEACHER
 from compression.fit_plan import FitPlan
 from compression.models import adapt_input_channels, replace_head
 from compression.training import seed_everything
@@ -22,5 +23,5 @@ def finetune(cfg: PipelineConfig, ctx, run, workdir, data: dict, base: dict) -> 
     plan = FitPlan(backbone_lr_factor=settings.backbone_lr_factor, freeze_epochs=settings.freeze_epochs)
     result = fit_logged(run, model, bundle, settings.train, workdir / "checkpoints", "finetune", plan=plan,
                         distributed=cfg.distributed)
-    log_curves(run, {"teacher": result.history}, "fine-tune")
-    return save_candidate(run, model, workdir, "teacher", bundle, val_acc=result.best_val_acc)
+    log_curves(run, {TEACHER: result.history}, "fine-tune")
+    return save_candidate(run, model, workdir, TEACHER, bundle, val_acc=result.best_val_acc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+from compression.candidates import PRUNED, SPARSE
 from compression.fit_plan import FitPlan
 from compression.models import count_params, example_input, input_channels
 from compression.pruning import prune_structured, prune_unstructured
@@ -47,11 +48,11 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
                                   settings.round_to, settings.global_pruning, gradient_batches, after_step=recover)
         run.log_metrics(report)
         log_curves(run, histories, "recovery after pruning")
-        result["structured"] = save_candidate(run, structured, workdir, "pruned", bundle)
+        result["structured"] = save_candidate(run, structured, workdir, PRUNED, bundle)
 
     if settings.method in ("unstructured", "both"):
         sparse = copy.deepcopy(model)
         report = prune_unstructured(sparse, settings.ratio)
         run.log_metrics(report, prefix="unstructured.")
-        result["unstructured"] = save_candidate(run, sparse, workdir, "sparse", bundle)
+        result["unstructured"] = save_candidate(run, sparse, workdir, SPARSE, bundle)
     return result

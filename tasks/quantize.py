@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from itertools import islice
 
+from compression import candidates
 from compression.budget import int8_rejection
 from compression.measure import evaluate_classifier
 from compression.models import example_input, input_channels
@@ -53,6 +54,6 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
                         mode, 100 * drop, 100 * settings.max_accuracy_drop)
             run.set_tags({f"{mode}.rejected": rejected})
             continue
-        result[mode] = save_candidate(run, quantized, workdir, f"quantized_{mode}", bundle, val_acc=acc,
+        result[mode] = save_candidate(run, quantized, workdir, candidates.quantized(mode), bundle, val_acc=acc,
                                       source_sha256=model["sha256"])
     return result

@@ -7,6 +7,7 @@ import pandas as pd
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from compression.candidate_fidelity import what_changed_paragraph
+from compression.candidates import TEACHER
 from compression.comparison import FIDELITY_COLUMNS, SUMMARY_FIGURES, kd_gain, speed_notes, with_ratios
 from tasks import plots
 from tasks.config import PipelineConfig
@@ -19,7 +20,7 @@ COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonz
 PARETO_AXES = (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)"), ("size_bytes", "file size (bytes)"))
 
 
-def comparison_table(rows: list[dict], reference: str = "teacher") -> pd.DataFrame:
+def comparison_table(rows: list[dict], reference: str = TEACHER) -> pd.DataFrame:
     """One row per candidate with ratios against the reference (x = how many times smaller/faster)."""
     df = pd.DataFrame(with_ratios(rows, reference)).rename(columns={v: k for k, v in FIDELITY_COLUMNS.items()})
     return df[[c for c in COLUMNS if c in df.columns]]
