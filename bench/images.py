@@ -39,22 +39,34 @@ FOLDERS = WORK / "images"
 
 # ---------------------------------------------------------------- folders
 
+def _class_tint(label: int, rng):
+    """An RGB colour of the class's hue at a random brightness: what a short training can learn through
+    RandomResizedCrop and flips (a flip turns one stripe angle into another class's)."""
+    import colorsys
+
+    import numpy as np
+
+    red, green, blue = colorsys.hsv_to_rgb(label / CLASSES, 0.55, rng.uniform(0.55, 0.85))
+    return np.array([red, green, blue]) * 255
+
+
 def _picture(args: tuple) -> None:
-    """One JPEG: stripes at the class's angle, random frequency, phase and tint, plus noise."""
+    """One JPEG: stripes at the class's angle, random frequency and phase, a random tint (or, for the short
+    training, the class's), plus noise."""
     import numpy as np
     from PIL import Image
 
-    path, label, width, height, seed = args
+    path, label, width, height, seed, class_tint = args
     rng = np.random.default_rng(seed)
     angle = math.pi * label / CLASSES
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) / max(width, height)
     wave = np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * rng.uniform(20, 40) + rng.uniform(0, 6.3))
-    tint = rng.uniform(60, 200, 3)
+    tint = _class_tint(label, rng) if class_tint else rng.uniform(60, 200, 3)
     pixels = wave[..., None] * 50 + tint + rng.normal(0, 12, (height, width, 3))
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def generate(name: str, count: int, width: int, height: int) -> Path:
+def generate(name: str, count: int, width: int, height: int, class_tint: bool = False) -> Path:
     """FOLDERS/name with `count` JPEGs in CLASSES class folders (made once, kept for later runs)."""
     from multiprocessing import Pool
 
@@ -66,7 +78,7 @@ def generate(name: str, count: int, width: int, height: int) -> Path:
     for i in range(count):
         label = i % CLASSES
         (root / f"class{label}").mkdir(parents=True, exist_ok=True)
-        jobs.append((root / f"class{label}" / f"{i:06d}.jpg", label, width, height, i))
+        jobs.append((root / f"class{label}" / f"{i:06d}.jpg", label, width, height, i, class_tint))
     say(f"images: writing {count} {width}x{height} JPEGs to {root}")
     with Pool(os.cpu_count()) as pool:
         pool.map(_picture, jobs, chunksize=64)
@@ -251,7 +263,8 @@ def throughput_runs(rounds: int = 1 if QUICK else 3) -> list[dict]:
 
 
 def accuracy_runs() -> list[dict]:
-    """A short MobileNetV3-Small training on the 1,024 px folder, JPEGs decoded reduced and at full size."""
+    """A short MobileNetV3-Small training on a 1,024 px folder whose classes a short run can learn (the class
+    sets the hue), JPEGs decoded reduced and at full size."""
     from dataclasses import replace
 
     import torch
@@ -262,7 +275,7 @@ def accuracy_runs() -> list[dict]:
     from compression.models import build_model
     from compression.train_config import TrainConfig
 
-    root = generate(f"throughput-1024-{THROUGHPUT_IMAGES}", THROUGHPUT_IMAGES, 1024, 768)
+    root = generate(f"accuracy-1024-{THROUGHPUT_IMAGES}", THROUGHPUT_IMAGES, 1024, 768, class_tint=True)
     rows = []
     for reduce_jpeg in (True, False):
         say(f"images: short training, reduced decoding {reduce_jpeg}")
@@ -491,28 +504,33 @@ def section(r: dict) -> list[str]:
             *_scale_lines(r), *_throughput_lines(r), *_ddp_lines(r), *_pipeline_lines(r)]
 
 
+PARTS = {"scale": lambda: scale_runs(), "throughput": lambda: throughput_runs(), "accuracy": lambda: accuracy_runs(),
+         "ddp": lambda: ddp_runs(), "pipeline": lambda: pipeline_run(),
+         "demo": lambda: demo_before_and_after(DEMO_BASELINE)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probe", metavar="FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-demo", action="store_true", help="leave out (e), the demo runs of both commits")
-    parser.add_argument("--demo-only", action="store_true",
-                        help="run (e) alone and replace it in bench/results/images.json, keeping the rest")
+    parser.add_argument("--only", metavar="PART,...", help=f"run these parts ({', '.join(PARTS)}) and replace them "
+                        "in bench/results/images.json, keeping the others (their commit is noted)")
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(probe(args.probe, args.eager)))
         return
-    if args.demo_only:
-        kept = json.loads((RESULTS / "images.json").read_text())
-        kept = {k: v for k, v in kept.items() if k not in ("finished", "quick", "benchmark", "git_commit", "git_dirty")}
-        kept["other_parts_commit"] = json.loads((RESULTS / "images.json").read_text())["git_commit"]
-        save("images", {**kept, "demo": demo_before_and_after(DEMO_BASELINE)})
-        return
-    results = {"scale": scale_runs(), "throughput": throughput_runs(), "accuracy": accuracy_runs(),
-               "ddp": ddp_runs(), "pipeline": pipeline_run()}
-    if not (QUICK or args.skip_demo):
-        results["demo"] = demo_before_and_after(DEMO_BASELINE)
-    save("images", {**results, "command": "python bench/images.py"})
+    parts = args.only.split(",") if args.only else [p for p in PARTS if p != "demo" or not (QUICK or args.skip_demo)]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--only: unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
+    kept = {}
+    if args.only:
+        previous = json.loads((RESULTS / "images.json").read_text())
+        kept = {k: v for k, v in previous.items() if k in PARTS and k not in parts}
+        kept["other_parts_commit"] = previous.get("other_parts_commit", previous["git_commit"])
+    results = {part: PARTS[part]() for part in parts}
+    save("images", {**kept, **results, "command": "python bench/images.py"})
 
 
 if __name__ == "__main__":
