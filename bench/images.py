@@ -456,8 +456,9 @@ def _throughput_lines(r: dict) -> list[str]:
         f"{goal(at[(256, 'shrinkflow')] >= 0.95)}); 1,024 px JPEGs: {at[(1024, 'shrinkflow')]:.2f}x (goal at least "
         f"1.5x: {goal(at[(1024, 'shrinkflow')] >= 1.5)}), {at[(1024, 'shrinkflow, JPEG decoded at full size')]:.2f}x "
         "without reduced decoding.",
-        "- A short training run of MobileNetV3-Small (from scratch) on the 1,024 px folder, JPEGs decoded reduced "
-        "and at full size: test accuracy " + ", ".join(
+        "- A short training run of MobileNetV3-Small (from scratch) on a 1,024 px folder whose class also sets the "
+        "hue (stripe angles alone do not survive flips), JPEGs decoded reduced and at full size: test accuracy "
+        + ", ".join(
             f"{'reduced' if a['reduced_decoding'] else 'full size'} {a['test_accuracy']:.4f} "
             f"(+/- {a['standard_error']:.4f}, {a['test_images']} images, {a['seconds']:.0f} s)" for a in accuracy)
         + f"; the difference {gap:.4f} against twice the combined standard error {noise:.4f}: "
@@ -481,7 +482,8 @@ def _pipeline_lines(r: dict) -> list[str]:
     if "demo" in r:
         demo = r["demo"]
         seconds = {k: ", ".join(f"{v / 60:.2f}" for v in vs) for k, vs in demo["seconds"].items()}
-        lines += [f"(e) the demo (pretrain, then quickstart, on a fresh store; this code without the fidelity stage, "
+        lines += [f"(e) the demo (pretrain, then quickstart, on a fresh store and outputs; this code without the "
+                  "fidelity stage, "
                   f"which came later and is timed in section 12), {demo['commit_before']} (before streaming) "
                   f"and this code in turn: minutes {seconds['before']} against {seconds['after']}; median ratio "
                   f"{demo['ratio']:.3f} (goal at most 1.05: {goal(demo['ratio'] <= 1.05)}).", ""]
@@ -490,7 +492,9 @@ def _pipeline_lines(r: dict) -> list[str]:
         f"(f) `configs/imagenet-resnet18.yaml` from scratch on the 1,000-image folder at 224 px, "
         f"{p['train_images']} training images, one epoch per training stage, int8 and ONNX on: "
         f"{p['wall_seconds']:.0f} s "
-        "in all; each stage's MLflow run time and, for training stages, the mean loader share of their epochs:", "",
+        "in all; each stage's MLflow run time and, for training stages, the mean loader share of their epochs (the "
+        "fidelity stage scores every candidate on every corrupted and occluded image at 224 px: with one epoch of "
+        "training it dominates here; its share of the demo's time is in section 12):", "",
         table(rows, [("stage", "stage", ""), ("seconds", "seconds", "{:.1f}"),
                      ("loader_share", "loader %", "{:.0f}%")]),
         ""]
@@ -499,8 +503,11 @@ def _pipeline_lines(r: dict) -> list[str]:
 def section(r: dict) -> list[str]:
     """The docs/benchmarks.md section for bench/results/images.json."""
     quick = "BENCH_QUICK tiny workloads: not results; " if r.get("quick") else ""
-    return [SECTION, "", f"`python bench/images.py` ({quick}finished {r.get('finished', '?')}), on JPEG folders it "
-            "generates (stripes at the class's angle, a tint, noise).", "",
+    parts = (f"; parts not rerun by `--only` measured at {r['other_parts_commit']}" if r.get("other_parts_commit")
+             else "")
+    return [SECTION, "", f"`python bench/images.py` ({quick}finished {r.get('finished', '?')} at "
+            f"{r.get('git_commit', '?')}{parts}), on JPEG folders it generates (stripes at the class's angle, a tint, "
+            "noise).", "",
             *_scale_lines(r), *_throughput_lines(r), *_ddp_lines(r), *_pipeline_lines(r)]
 
 
