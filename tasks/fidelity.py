@@ -31,6 +31,7 @@ from tasks import fidelity_plots as plots
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
 from tasks.stage import stage_task
+from tasks.tracking import StageRun
 from tasks.training import load
 
 log = logging.getLogger("shrinkflow")
@@ -134,7 +135,9 @@ def method_note(cfg: PipelineConfig, evidence: cf.Evidence) -> str:
     return " ".join(parts)
 
 
-def _log_reports(run, reports: dict, classes: list[str]) -> None:
+def report_metrics(reports: dict) -> dict[str, float]:
+    """Every scalar figure as `<candidate>.<figure>` (`<candidate>.parent.<figure>` against the float parent),
+    with the per-class drops and forgotten shares."""
     metrics = {}
     for name, pair in reports.items():
         for infix, report in (("", pair["reference"]), ("parent.", pair["parent"])):
@@ -147,7 +150,14 @@ def _log_reports(run, reports: dict, classes: list[str]) -> None:
                 metrics[f"{name}.per_class_drop.class_{i}"] = row["drop"]
         for i, share in enumerate(details["forgotten"]["share"]):
             metrics[f"{name}.forgotten.class_{i}"] = share
-    run.log_metrics(metrics)
+    return metrics
+
+
+def evaluation_run(ctx, run) -> StageRun | None:
+    """The run of the evaluate stage this one follows (the pipeline run's `stage.evaluate.run_id` tag): the
+    figures are logged there too, beside each candidate's accuracy and costs under the same names."""
+    run_id = run.client.get_run(ctx.parent_run_id).data.tags.get("stage.evaluate.run_id")
+    return StageRun(run.client, run_id, "evaluate") if run_id else None
 
 
 def _write_forgotten(path: Path, rows: list[dict]) -> None:
@@ -223,7 +233,10 @@ def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
     noun = "the teacher" if reference == TEACHER else f"the reference ({reference})"
     sentences = {name: cf.candidate_sentences(name, pair, noun, parents.get(name), bundle.classes)
                  for name, pair in reports.items() if name != reference}
-    _log_reports(run, reports, bundle.classes)
+    metrics = report_metrics(reports)
+    for target in (run, evaluation_run(ctx, run)):
+        if target is not None:
+            target.log_metrics(metrics)
     _log_figures(run, workdir, cfg, bundle, evidence, reports, reference, shown)
     run.log_dict({"reference": reference, "parents": parents, "note": note, "classes": bundle.classes,
                   "reports": reports, "sentences": sentences}, "fidelity.json")

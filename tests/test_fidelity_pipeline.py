@@ -38,6 +38,11 @@ def test_fidelity_figures_and_artifacts_for_every_candidate(smoke_run, smoke_sto
     run = _stage_run(client, smoke_run["run_id"], "fidelity")
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
+    # the same figures on the evaluate stage's run, beside each candidate's accuracy and costs
+    evaluation = _stage_run(client, smoke_run["run_id"], "evaluate")
+    assert evaluation.info.status == "FINISHED"
+    figures = {k: v for k, v in metrics.items() if "." in k}  # `<candidate>.<figure>`: not the stage's own
+    assert len(figures) > 100 and {k: evaluation.data.metrics.get(k) for k in figures} == figures
     evaluated = {r["candidate"]: r for r in smoke_run["table"]}
     for name, row in evaluated.items():
         missing = [f for f in FIGURES if f"{name}.{f}" not in metrics]
