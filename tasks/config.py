@@ -245,7 +245,7 @@ class FidelityConfig(Section):
 
     enabled: bool = True
     bootstrap: int = Field(1000, ge=100, description="resamples of the paired bootstrap interval of the accuracy drop")
-    corruption_images: int | None = Field(200, ge=1, description="test images scored under corruptions, a stratified "
+    corruption_images: int | None = Field(100, ge=1, description="test images scored under corruptions, a stratified "
                                                                  "subset (the same share of every class); None: all")
     corruptions: list[Literal[CORRUPTION_NAMES]] = Field(list(CORRUPTION_NAMES),
                                                          description="[]: no robustness figures")
