@@ -448,17 +448,21 @@ def _verdict(low: float, high: float) -> str:
     return "the drop is within noise"
 
 
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
 def what_changed(name: str, report: dict, reference_name: str, classes: list[str]) -> str:
     """One plain-words sentence on a `fidelity_report`. `reference_name` reads as a noun phrase in it
     ("the teacher", "its float parent")."""
     low, high = report["fidelity.drop_ci_low"] * 100, report["fidelity.drop_ci_high"] * 100
     sentence = (f"{name} agrees with {reference_name} on {report['fidelity.agreement']:.1%} of test images; it "
-                f"lost {report['fidelity.lost']} images {reference_name} got right and gained "
+                f"lost {_images(report['fidelity.lost'])} {reference_name} got right and gained "
                 f"{report['fidelity.gained']} ({_verdict(low, high)}: 95% interval {low:+.1f} to {high:+.1f} points)")
     forgotten = report["details"]["forgotten"]
     if forgotten["count"]:
         top = max(range(len(classes)), key=lambda c: (forgotten["per_class"][c], -c))
-        sentence += (f"; {name} forgot {forgotten['count']} images (its prediction changed), "
+        sentence += (f"; {name} forgot {_images(forgotten['count'])} (its prediction changed), "
                      f"{forgotten['per_class'][top]} of them {classes[top]}")
     hurt = [row["class"] for row in report["details"]["per_class"]
             if row["significant"] and row["drop"] is not None and row["drop"] > 0]

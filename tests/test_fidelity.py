@@ -254,6 +254,8 @@ def test_what_changed_says_it_in_plain_words():
     same = fid.fidelity_report(ref, ref.clone(), labels, classes, bootstrap=100)
     quiet = fid.what_changed("the int8 model", same, "its float parent", classes)
     assert "100.0%" in quiet and "within noise" in quiet and "forgot" not in quiet
+    assert "lost 1 image the teacher got right" in fid.what_changed("x", {**report, "fidelity.lost": 1},
+                                                                   "the teacher", classes)
 
 
 # ---------------------------------------------------------------- corruptions
