@@ -535,6 +535,8 @@ def main() -> None:
         parser.error(f"--only: unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
     kept = {}
     if args.only:
+        if not (RESULTS / "images.json").exists():
+            parser.error(f"--only needs an earlier full run's {RESULTS / 'images.json'}; run without --only first")
         previous = json.loads((RESULTS / "images.json").read_text())
         kept = {k: v for k, v in previous.items() if k in PARTS and k not in parts}
         kept["other_parts_commit"] = previous.get("other_parts_commit", previous["git_commit"])
