@@ -330,7 +330,7 @@ def ddp_runs() -> dict:
                   if a.is_floating_point())
     return {"images": len(bundle.train), "epoch_seconds_one": [r["epoch_time"] for r in alone.history],
             "epoch_seconds_two": [r["epoch_time"] for r in together.history], "largest_weight_difference": largest,
-            "val_acc_one": alone.best_val_acc, "val_acc_two": together.best_val_acc}
+            "val_acc_one": alone.best_val_accuracy, "val_acc_two": together.best_val_accuracy}
 
 
 def pipeline_run() -> dict:

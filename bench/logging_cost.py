@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import PYTHON, QUICK, WORK, free_port, save, say, use_prefect_env
 
 CALLS = 20 if QUICK else 100
-EPOCH_ROW = {"train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.78, "lr": 0.001,
-             "epoch_time": 4.2, "images_per_s": 110.0, "best_val_acc": 0.78}
+EPOCH_ROW = {"train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.78, "lr": 0.001,
+             "epoch_time": 4.2, "images_per_s": 110.0, "best_val_accuracy": 0.78}
 
 
 def measure(uri: str) -> dict:
@@ -43,7 +43,7 @@ def measure(uri: str) -> dict:
     t = time.perf_counter()
     run.flush()
     flush_ms = (time.perf_counter() - t) * 1000
-    logged = len(client.get_metric_history(run.run_id, "async.val_acc"))
+    logged = len(client.get_metric_history(run.run_id, "async.val_accuracy"))
     for i in range(CALLS):
         t = time.perf_counter()
         client.log_metric(run.run_id, "step_loss", 0.5, step=i)

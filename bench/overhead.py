@@ -88,7 +88,8 @@ def task(cfg: dict, out: Path) -> dict:
             data = load_data.fn(pc, ctx)
             base = fetch_pretrained.fn(pc, ctx, data=data)
             teacher = finetune.fn(pc, ctx, data=data, base=base)
-    return {"seconds": t.seconds, "val_acc": teacher["val_acc"], "epoch_times": finetune_epoch_times(pc.tracking.uri)}
+    return {"seconds": t.seconds, "val_acc": teacher["val_accuracy"],
+            "epoch_times": finetune_epoch_times(pc.tracking.uri)}
 
 
 def finetune_epoch_times(uri: str) -> list[float]:
@@ -129,7 +130,7 @@ def flow(cfg: dict, out: Path) -> dict:
         noop()
     with Timer() as t:
         teacher = finetune_only(cfg)
-    return {"seconds": t.seconds, "startup_seconds": startup.seconds, "val_acc": teacher["val_acc"],
+    return {"seconds": t.seconds, "startup_seconds": startup.seconds, "val_acc": teacher["val_accuracy"],
             "epoch_times": finetune_epoch_times(cfg["tracking"]["uri"])}
 
 

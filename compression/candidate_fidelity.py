@@ -18,6 +18,7 @@ from compression import CompressionError
 from compression import attribution as attr
 from compression import corruptions as cor
 from compression import fidelity as fid
+from compression.accuracy import top1_accuracy
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -133,8 +134,8 @@ def compare(evidence: Evidence, reference: str, candidate: str, bootstrap: int =
     if reference in evidence.corrupted and candidate in evidence.corrupted:
         labels = evidence.test_labels[evidence.corruption_index]
         metrics, details = robustness_figures(evidence.corrupted[reference], evidence.corrupted[candidate], labels)
-        clean = evidence.test[candidate][evidence.corruption_index].argmax(1) == labels
-        report.update({**metrics, "robustness.clean_accuracy": clean.double().mean().item()})
+        clean = top1_accuracy(evidence.test[candidate][evidence.corruption_index], labels)
+        report.update({**metrics, "robustness.clean_accuracy": clean})
         report["details"]["robustness"] = details
     if reference in evidence.maps and candidate in evidence.maps:
         report.update(attribution_figures(evidence.maps[reference], evidence.maps[candidate]))

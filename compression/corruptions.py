@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from compression import CompressionError
+from compression.accuracy import agreement, top1_accuracy
 from compression.fidelity import _check_labels, _check_logits
 
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "gaussian_blur", "jpeg", "contrast", "brightness",
@@ -214,7 +215,7 @@ def corruption_accuracy(logits: dict[str, dict[int, torch.Tensor]],
         for severity, values in by_severity.items():
             _check_logits(values, f"{name} {severity} logits")
             _check_labels(labels, *values.shape)
-            result.setdefault(name, {})[severity] = (values.argmax(1) == labels).double().mean().item()
+            result.setdefault(name, {})[severity] = top1_accuracy(values, labels)
     return result
 
 
@@ -228,7 +229,7 @@ def corruption_agreement(reference_logits: dict[str, dict[int, torch.Tensor]],
             cand = candidate_logits[name][severity]
             if ref.shape != cand.shape or ref.dim() != 2:
                 raise CompressionError(f"{name} {severity}: logits {tuple(ref.shape)} and {tuple(cand.shape)} differ")
-            result.setdefault(name, {})[severity] = (ref.argmax(1) == cand.argmax(1)).double().mean().item()
+            result.setdefault(name, {})[severity] = agreement(ref, cand)
     return result
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from compression import CompressionError
+from compression.accuracy import agreement
 from compression.checkpoint import file_sha256
 from compression.fileio import atomic_write
 from compression.measure import latency_inputs, timed_calls
@@ -90,7 +91,7 @@ def parity(model: nn.Module, sess, images: torch.Tensor) -> dict:
     reference = model.eval()(images).numpy()
     logits = run_onnx(sess, images)
     return {"max_abs_diff": float(np.abs(logits - reference).max()),
-            "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+            "top1_agreement": agreement(reference, logits)}
 
 
 def onnx_latency(sess, example: torch.Tensor, repeats: int = 30, throughput_batch: int = 64,

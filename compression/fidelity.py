@@ -21,6 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from compression import CompressionError
+from compression.accuracy import agreement as top1_agreement
+from compression.accuracy import top1_accuracy, top1_hits
 
 # Equal-width confidence bins for ECE, MCE and the reliability diagram: torchmetrics' and Guo et al.'s default.
 CALIBRATION_BINS = 15
@@ -68,10 +70,6 @@ def _check_classes(classes: list[str], k: int) -> None:
         raise CompressionError(f"{len(classes)} class names for logits over {k} classes")
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(1) == labels
-
-
 # ---------------------------------------------------------------- agreement
 
 def mean_kl(reference_logits: torch.Tensor, candidate_logits: torch.Tensor) -> float:
@@ -90,9 +88,9 @@ def agreement_stats(reference_logits: torch.Tensor, candidate_logits: torch.Tens
     (reference wrong, candidate right), mean KL(reference || candidate), both accuracies and the accuracy drop
     (reference minus candidate)."""
     _check_pair(reference_logits, candidate_logits, labels)
-    ref_ok, cand_ok = _correct(reference_logits, labels), _correct(candidate_logits, labels)
-    agreement = (reference_logits.argmax(1) == candidate_logits.argmax(1)).double().mean().item()
-    ref_acc, cand_acc = ref_ok.double().mean().item(), cand_ok.double().mean().item()
+    ref_ok, cand_ok = top1_hits(reference_logits, labels), top1_hits(candidate_logits, labels)
+    agreement = top1_agreement(reference_logits, candidate_logits)
+    ref_acc, cand_acc = top1_accuracy(reference_logits, labels), top1_accuracy(candidate_logits, labels)
     return {"n": int(labels.shape[0]), "agreement": agreement, "churn": 1.0 - agreement,
             "lost": int((ref_ok & ~cand_ok).sum()), "gained": int((~ref_ok & cand_ok).sum()),
             "kl": mean_kl(reference_logits, candidate_logits), "reference_accuracy": ref_acc,
@@ -177,7 +175,7 @@ def per_class_changes(reference_logits: torch.Tensor, candidate_logits: torch.Te
     gained, McNemar's exact p-value and whether it stays significant after Holm-Bonferroni over the classes."""
     _check_pair(reference_logits, candidate_logits, labels)
     _check_classes(classes, reference_logits.shape[1])
-    ref_ok, cand_ok = _correct(reference_logits, labels), _correct(candidate_logits, labels)
+    ref_ok, cand_ok = top1_hits(reference_logits, labels), top1_hits(candidate_logits, labels)
     rows = []
     for c, name in enumerate(classes):
         mask = labels == c
@@ -376,7 +374,7 @@ def population_forgotten(reference_predictions: torch.Tensor, candidate_predicti
 
 def _agreement_metrics(reference_logits, candidate_logits, labels, bootstrap: int, seed: int) -> dict:
     stats = agreement_stats(reference_logits, candidate_logits, labels)
-    low, high = paired_bootstrap(_correct(reference_logits, labels), _correct(candidate_logits, labels),
+    low, high = paired_bootstrap(top1_hits(reference_logits, labels), top1_hits(candidate_logits, labels),
                                  bootstrap, seed)
     metrics = {f"fidelity.{key}": value for key, value in stats.items()}
     # the interval of the drop (reference minus candidate) is the difference's interval negated

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from compression.accuracy import top1_accuracy
 from compression.data import Batches
 from compression.models import count_params, quantization_info
 from compression.training import predict
@@ -22,7 +22,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
-    return {"accuracy": (pred == labels).float().mean().item(), "per_class_accuracy": per_class,
+    return {"accuracy": top1_accuracy(logits, labels), "per_class_accuracy": per_class,
             "confusion": confusion.tolist()}
 
 
@@ -53,12 +53,11 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def serialized_size(model: nn.Module) -> int:
-    """Bytes of the model's state_dict as torch.save writes it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.pt"
-        torch.save(model.state_dict(), path)
-        return path.stat().st_size
+def file_size(path: str | Path) -> int:
+    """The one size measure: a model as shipped, the bytes of its file (save_model's .pt or an ONNX file),
+    what a comparison's and a search budget's size_bytes are. Weights alone would leave out what a model file
+    also holds (an int8 model's scales, the classes and normalisation inference needs)."""
+    return Path(path).stat().st_size
 
 
 @contextmanager
@@ -140,8 +139,8 @@ def interleaved_speed(models: dict[str, nn.Module], examples: dict[str, torch.Te
 
 
 def profile(model: nn.Module, example: torch.Tensor, threads: int = 1, **timing) -> dict:
-    """Cost figures of a model: params (total, non-zero), MACs, serialized size and CPU speed (`timing` goes
-    to cpu_latency: repeats, throughput_batch, min_seconds)."""
+    """Cost figures of a model: params (total, non-zero), MACs and CPU speed (`timing` goes to cpu_latency:
+    repeats, throughput_batch, min_seconds). Its size is its file's (`file_size`)."""
     total, nonzero = count_nonzero_params(model)
     return {"params": total, "nonzero_params": nonzero, "macs": count_macs(model, example[:1]),
-            "size_bytes": serialized_size(model), **cpu_latency(model, example, threads, **timing)}
+            **cpu_latency(model, example, threads, **timing)}

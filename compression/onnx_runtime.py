@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from compression import CompressionError
+from compression.accuracy import hits_count, ratio
 from compression.export import run_onnx
 from compression.fileio import atomic_write
 
@@ -84,6 +85,6 @@ def onnx_accuracy(sess, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) ->
     """Top-1 accuracy of an onnxruntime session on (images, labels) batches."""
     correct = total = 0
     for x, y in batches:
-        correct += int((run_onnx(sess, x).argmax(1) == y.cpu().numpy()).sum())
+        correct += hits_count(run_onnx(sess, x), y.cpu())
         total += len(y)
-    return correct / max(total, 1)
+    return ratio(correct, total)

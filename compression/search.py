@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 import numbers
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from compression import CompressionError
 from compression.budget import within_drop
 from compression.candidates import PRUNED, QUANTIZED_STATIC, STUDENT_KD
 from compression.checkpoint import save_model
-from compression.measure import count_macs, count_nonzero_params
+from compression.measure import count_macs, count_nonzero_params, file_size
 from compression.models import example_input, head, quantization_info, require_spec
 from compression.pruning import prune_structured
 from compression.quantization import quantize as quantize_model
@@ -322,7 +321,7 @@ def _file_size(model: nn.Module, name: str, meta: dict | None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.pt"
         save_model(model, path, meta={**(meta or {}), "candidate": name})
-        return os.path.getsize(path)
+        return file_size(path)
 
 
 def structural_cost(model: nn.Module, metric: str, ratio: float, *, keep_per_stage=None, trim_strategy: str = "first",

@@ -10,6 +10,7 @@ import torch
 
 from compression import CompressionError
 from compression import fidelity as fid
+from compression.accuracy import matching_share
 from compression.candidates import TEACHER
 
 # The per-seed figures summarised, and which way each is better: True when higher is better (the worst seed
@@ -71,7 +72,7 @@ def population_report(predictions: dict[str, torch.Tensor], labels: torch.Tensor
             "churn_vs_floor": sum(churn) / len(churn) / floor if floor > 0 else None,
             "forgotten": int(forgotten.numel()),
             "forgotten_per_class": torch.bincount(labels[forgotten], minlength=len(classes)).tolist(),
-            "modal_accuracy": (modal == labels).double().mean().item(),
+            "modal_accuracy": matching_share(modal, labels),
             "reference_modal_accuracy_on_forgotten": ((teacher_modal[forgotten] == labels[forgotten]).double().mean()
                                                       .item() if forgotten.numel() else None),
         }

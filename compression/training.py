@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from compression import CompressionError
+from compression.accuracy import hits_count, ratio, top1_accuracy
 from compression.data import Batches
 from compression.distributed import LOCAL, Cluster
 from compression.fileio import torch_save_atomic
@@ -40,7 +41,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
-    best_val_acc: float = float("nan")
+    best_val_accuracy: float = float("nan")
     best_epoch: int = -1
     stopped_early: bool = False
     resumed_from_epoch: int | None = None
@@ -134,11 +135,11 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device | None = N
     logits, labels = predict(model, batches, device)
     if not cluster.distributed:
         return {"loss": nn.functional.cross_entropy(logits, labels).item(),
-                "acc": (logits.argmax(1) == labels).float().mean().item()}
+                "accuracy": top1_accuracy(logits, labels)}
     loss = nn.functional.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
-    correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
+    correct = hits_count(logits, labels)
     loss, correct, seen = cluster.sum([loss, correct, len(labels)])
-    return {"loss": loss / max(seen, 1), "acc": correct / max(seen, 1)}
+    return {"loss": loss / max(seen, 1), "accuracy": ratio(correct, seen)}
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -170,9 +171,9 @@ class Progress:
             self.last_report = now
 
     def epoch_done(self, row: dict, stopped_early: bool) -> None:
-        val = f"  val_acc {row['val_acc']:.4f}" if "val_acc" in row else ""
+        val = f"  val_accuracy {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
         log.info("[%s] epoch %d/%d  loss %.4f  acc %.4f%s  %.0f img/s  loader %.0f%%  ETA %s%s", self.name,
-                 row["epoch"], self.epochs, row["train_loss"], row["train_acc"], val, row["images_per_s"],
+                 row["epoch"], self.epochs, row["train_loss"], row["train_accuracy"], val, row["images_per_s"],
                  100 * row["loader_share"], self._eta(time.perf_counter()), "  (early stop)" if stopped_early else "")
 
 
@@ -205,7 +206,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: LossFn, optimiz
                     cluster: Cluster = LOCAL) -> dict:
     """One optimizer step per batch (in `precision`; `scaler` a GradScaler for fp16), model in the mode the
     caller left it in; returns the epoch's row, summed over every training process: epoch (1-based),
-    train_loss, train_acc, lr, epoch_time, images_per_s, loader_share."""
+    train_loss, train_accuracy, lr, epoch_time, images_per_s, loader_share."""
     started = time.perf_counter()
     loss_sum, correct, seen, labeled, waited = 0.0, 0, 0, 0, 0.0
     for x, y, wait in timed(batches):
@@ -217,7 +218,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: LossFn, optimiz
             raise CompressionError(f"[{name}] loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
         _optimizer_step(loss, optimizer, scaler)
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()  # unlabeled samples (y = -1) never match
+        correct += hits_count(logits.detach(), y)  # unlabeled samples (y = -1) never match
         seen += len(y)
         labeled += (y >= 0).sum().item()
         if progress:
@@ -228,7 +229,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, loss_fn: LossFn, optimiz
     return {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(seen, 1),
-        "train_acc": correct / max(labeled, 1),
+        "train_accuracy": ratio(correct, labeled),
         "lr": optimizer.param_groups[0]["lr"],
         "epoch_time": train_time,
         "images_per_s": seen / max(train_time, 1e-9),
@@ -250,8 +251,8 @@ class _Session:
     def track_best(self, row: dict, patience: int | None) -> None:
         """Keep the weights of the best validation accuracy; stop after `patience` epochs without a new best."""
         result = self.result
-        if not result.best_val_acc >= row["val_acc"]:  # also true while best is nan
-            result.best_val_acc, result.best_epoch = row["val_acc"], row["epoch"]
+        if not result.best_val_accuracy >= row["val_accuracy"]:  # also true while best is nan
+            result.best_val_accuracy, result.best_epoch = row["val_accuracy"], row["epoch"]
             self.best_state = copy.deepcopy(self.model.state_dict())
         elif patience and row["epoch"] - result.best_epoch >= patience:
             result.stopped_early = True
@@ -262,7 +263,7 @@ class _Session:
             "fingerprint": fingerprint, "epoch": epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "history": result.history, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+            "history": result.history, "best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
             "best_state": self.best_state, "stopped_early": result.stopped_early,
         }
 
@@ -273,17 +274,21 @@ class _Session:
             self.scheduler.load_state_dict(state["scheduler"])
         result = self.result
         result.history = state["history"]
-        result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+        result.best_val_accuracy, result.best_epoch = state["best_val_accuracy"], state["best_epoch"]
         result.stopped_early = state["stopped_early"]
         result.resumed_from_epoch = state["epoch"]
         self.best_state = state["best_state"]
         self.next_epoch = state["epoch"] + 1
 
 
+CHECKPOINT_FORMAT = 2
+
+
 def _fingerprint(model: nn.Module, cfg: TrainConfig) -> dict:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     config = {k: v for k, v in asdict(cfg).items() if k not in ("progress_seconds", "checkpoint_seconds")}
-    return {"config": config, "shapes": shapes}
+    # The format: a checkpoint an older version wrote (other keys) is not resumed from, it is trained again.
+    return {"format": CHECKPOINT_FORMAT, "config": config, "shapes": shapes}
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compression.candidates import QUANTIZED_STATIC
-from compression.comparison import with_fidelity
+from compression.comparison import EvaluationRow, with_fidelity
 from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
@@ -27,6 +27,7 @@ from tasks.export import export, with_onnx
 from tasks.fetch import fetch_pretrained
 from tasks.fidelity import fidelity
 from tasks.finetune import finetune
+from tasks.outputs import Summary
 from tasks.prune import prune
 from tasks.quantize import quantize
 from tasks.register import register
@@ -59,8 +60,8 @@ class Evaluation:
     final: ModelRef | None  # the last float model, exported beside the reference
     register_best: bool  # whether this flow registers at all (the single-stage flows do not)
     choose: Callable[[list[dict]], dict | None] | None = None  # a flow's own pick; None from it: register nothing
-    rows: list[dict] = field(default_factory=list)
-    summary: dict | None = None
+    rows: list[EvaluationRow] = field(default_factory=list)
+    summary: Summary | None = None
     registered: dict | None = None
 
 
@@ -124,27 +125,26 @@ COMPRESSION: tuple[Link, ...] = (
          keeps=lambda m, out: replace(m, student=out), makes=lambda out, cfg: (out,), refusable=lambda cfg: ("trim",)),
     Link(distill, lambda cfg: cfg.distill.enabled,
          feeds=lambda m: {"data": m.data, "teacher": m.teacher, "student": m.student},
-         keeps=lambda m, out: replace(m, student=out["kd"]),
-         makes=lambda out, cfg: (out["kd"], out.get("baseline")), candidates=True),
-    # Unstructured pruning only zeroes weights: the structured model, when there is one, is what goes on.
+         keeps=lambda m, out: replace(m, student=out.kd), makes=lambda out, cfg: (out.kd, out.baseline),
+         candidates=True),
     Link(prune, lambda cfg: cfg.prune.enabled,
          feeds=lambda m: {"data": m.data, "student": m.latest, "teacher": m.teacher},
-         keeps=lambda m, out: replace(m, student=out.get("structured") or m.student),
-         makes=lambda out, cfg: (out.get("structured"), out.get("unstructured")), candidates=True,
+         keeps=lambda m, out: replace(m, student=out.next_model or m.student),
+         makes=lambda out, cfg: (out.structured, out.unstructured), candidates=True,
          refusable=lambda cfg: ("prune",) if cfg.prune.method in ("structured", "both") else ()),
     Link(quantize, lambda cfg: cfg.quantize.enabled, feeds=lambda m: {"data": m.data, "model": m.latest},
-         keeps=lambda m, out: replace(m, int8=out.get("static")),
-         makes=lambda out, cfg: tuple(out.get(mode) for mode in cfg.quantize.modes), candidates=True,
+         keeps=lambda m, out: replace(m, int8=out.static),
+         makes=lambda out, cfg: tuple(out.of(mode) for mode in cfg.quantize.modes), candidates=True,
          refusable=lambda cfg: tuple(f"quantize-{mode}" for mode in cfg.quantize.modes)),
 )
 
 EVALUATION: tuple[Link, ...] = (
     Link(evaluate, _always, feeds=lambda e: {"data": e.data, "candidates": e.candidates},
-         keeps=lambda e, out: replace(e, rows=out["rows"])),
+         keeps=lambda e, out: replace(e, rows=out.rows)),
     Link(fidelity, lambda cfg: cfg.fidelity.enabled, feeds=lambda e: {"data": e.data, "candidates": e.candidates},
-         keeps=lambda e, out: replace(e, rows=with_fidelity(e.rows, out))),
+         keeps=lambda e, out: replace(e, rows=with_fidelity(e.rows, out.figures, out.sentences, out.note))),
     Link(export, lambda cfg: cfg.export.onnx, feeds=_export_inputs,
-         keeps=lambda e, out: replace(e, rows=with_onnx(e.rows, out["exports"])), refusable=lambda cfg: ("export",)),
+         keeps=lambda e, out: replace(e, rows=with_onnx(e.rows, out.exports)), refusable=lambda cfg: ("export",)),
     Link(report, _always, feeds=lambda e: {"rows": e.rows}, keeps=lambda e, out: replace(e, summary=out)),
     Link(register, lambda cfg: cfg.register.enabled, feeds=_registration_inputs,
          keeps=lambda e, out: replace(e, registered=out)),

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from flows import chain
 from tasks.config import PipelineConfig
 from tasks.preflight import open_pipeline
-from tasks.stage import ModelRef
+from tasks.stage import ModelRef, run_id_of
 from tasks.tracking import RunContext, StageRun
 from tasks.tracking_uri import redact
 
@@ -35,8 +35,8 @@ class StageRunner:
         cached = state.name == "Cached"
         (self.cached if cached else self.executed).append(task_obj.name)
         if cached:
-            log.info("[%s] cached: reusing MLflow run %s", task_obj.name, result.get("run_id"))
-        self.parent.set_tags({f"stage.{task_obj.name}.run_id": result.get("run_id", ""),
+            log.info("[%s] cached: reusing MLflow run %s", task_obj.name, run_id_of(result))
+        self.parent.set_tags({f"stage.{task_obj.name}.run_id": run_id_of(result),
                               f"stage.{task_obj.name}.cached": str(cached).lower()})
         return result
 
@@ -61,7 +61,7 @@ class StageRunner:
         summary = done.summary
         return {"run_id": self.ctx.parent_run_id, "experiment_id": self.ctx.experiment_id,
                 "tracking_uri": redact(self.ctx.tracking_uri), "executed": self.executed, "cached": self.cached,
-                "table": summary["table"], "markdown": summary["markdown"], "kd_gain": summary["kd_gain"],
+                "table": summary.table, "markdown": summary.markdown, "kd_gain": summary.kd_gain,
                 "registered": done.registered, "rows": done.rows}
 
 

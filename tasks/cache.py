@@ -14,6 +14,7 @@ Nothing here imports prefect or mlflow: the run check is passed in as a function
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ def content_identity(value):
     """What a task input is, for the cache key: the sha256 of model refs (recursively), the value otherwise.
 
     Run ids and stage names say where a result was logged, not what it is, so they never change a key."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, dict) and "sha256" in value:
         return value["sha256"]
     if isinstance(value, dict):

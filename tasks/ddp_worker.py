@@ -88,7 +88,7 @@ def train(cluster: Cluster, job: dict) -> None:
             run.flush()
         save_model(model, job["output"], meta=job["model_payload"]["meta"])
         Path(job["result"]).write_text(json.dumps({
-            "history": result.history, "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+            "history": result.history, "best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch}))
     cluster.barrier()
 

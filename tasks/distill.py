@@ -15,6 +15,7 @@ from compression.models import build_model, count_params
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import Distilled
 from tasks.stage import stage_task
 from tasks.training import fit_logged, load, log_curves, save_candidate
 
@@ -42,7 +43,8 @@ def _student_origin(student_arch: str | None, trimmed: bool) -> str:
 
 
 @stage_task("distill", sections=("distill", "distributed"))
-def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, student: dict | None = None) -> dict:
+def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict,
+            student: dict | None = None) -> Distilled:
     bundle = get_bundle(cfg, data)
     settings = cfg.distill
     teacher_model = load(teacher)
@@ -57,14 +59,15 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict, s
     kd = fit_logged(run, kd_student, bundle, settings.train, workdir / "checkpoints-kd", "distill", split="transfer",
                     plan=plan, teacher=teacher, distributed=cfg.distributed)
     histories = {"KD student": kd.history}
-    result = {"kd": save_candidate(run, kd_student, workdir, STUDENT_KD, bundle, val_acc=kd.best_val_acc)}
+    kd_ref = save_candidate(run, kd_student, workdir, STUDENT_KD, bundle, val_accuracy=kd.best_val_accuracy)
+    baseline_ref = None
     if settings.baseline:
         plain_student = copy.deepcopy(init)
         plain = fit_logged(run, plain_student, bundle, settings.train, workdir / "checkpoints-baseline",
                            "distill-baseline", prefix="baseline.", distributed=cfg.distributed)
         histories["student without KD"] = plain.history
-        result["baseline"] = save_candidate(run, plain_student, workdir, STUDENT_PLAIN, bundle,
-                                            val_acc=plain.best_val_acc)
-        run.log_metrics({"kd_gain_val_acc": kd.best_val_acc - plain.best_val_acc})
+        baseline_ref = save_candidate(run, plain_student, workdir, STUDENT_PLAIN, bundle,
+                                            val_accuracy=plain.best_val_accuracy)
+        run.log_metrics({"kd_gain_val_accuracy": kd.best_val_accuracy - plain.best_val_accuracy})
     log_curves(run, histories, "distillation")
-    return result
+    return Distilled(kd_ref, baseline_ref)

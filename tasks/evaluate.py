@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
-from compression.measure import evaluate_classifier, interleaved_speed, profile
+from compression.comparison import evaluation_row
+from compression.measure import evaluate_classifier, file_size, interleaved_speed, profile
 from compression.models import example_input, input_channels
 from tasks import plots
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import Evaluated
 from tasks.stage import stage_task
 from tasks.training import load
 
 
 @stage_task("evaluate", sections=("evaluate",))
-def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict) -> dict:
+def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict) -> Evaluated:
     bundle = get_bundle(cfg, data)
     settings = cfg.evaluate
     rows, models, examples = [], {}, {}
@@ -26,9 +26,9 @@ def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
         metrics = evaluate_classifier(model, bundle.batches("test", cfg.data.eval_batch_size,
                                                             channels=input_channels(model)))
         costs = profile(model, example, **timing)
-        costs["size_bytes"] = os.path.getsize(ref["path"])  # the model file as shipped
-        rows.append({"candidate": name, "accuracy": metrics["accuracy"], **costs, "sha256": ref["sha256"],
-                     "path": ref["path"], "stage_run_id": ref["run_id"], "source_sha256": ref.get("source_sha256")})
+        costs["size_bytes"] = file_size(ref["path"])
+        rows.append(evaluation_row(name, metrics["accuracy"], costs, sha256=ref["sha256"], path=ref["path"],
+                                   stage_run_id=ref["run_id"], source_sha256=ref.get("source_sha256")))
         run.log_metrics({f"class_{i}": acc for i, acc in enumerate(metrics["per_class_accuracy"])},
                         prefix=f"{name}.per_class.")
         fig = plots.confusion_matrix(metrics["confusion"], bundle.classes,
@@ -42,5 +42,5 @@ def evaluate(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
         run.log_metrics({k: v for k, v in row.items() if k not in ("candidate", "threads")},
                         prefix=f"{row['candidate']}.")
     run.log_dict({"rows": rows}, "evaluation.json")
-    return {"rows": rows}
+    return Evaluated(rows)
 

@@ -17,14 +17,18 @@ from pathlib import Path
 
 import torch
 
+from compression.accuracy import agreement as top1_agreement
 from compression.budget import int8_rejection
 from compression.checkpoint import file_sha256
+from compression.comparison import EvaluationRow
 from compression.export import cached_export, onnx_latency, parity, run_onnx, session
 from compression.fileio import atomic_write
+from compression.measure import file_size
 from compression.models import example_input, input_channels
 from compression.onnx_runtime import onnx_accuracy, quantize_onnx_static
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import Exported, OnnxExport
 from tasks.quantize import calibration_batches
 from tasks.stage import stage_task
 from tasks.training import load
@@ -38,7 +42,7 @@ def _measure(cfg: PipelineConfig, bundle, path: Path, channels: int, size_of) ->
     accuracy = onnx_accuracy(sess, bundle.batches("test", cfg.data.eval_batch_size, channels=channels))
     speed = onnx_latency(sess, example_input(size_of, cfg.evaluate.throughput_batch, size=bundle.input_size),
                          cfg.evaluate.latency_repeats, cfg.evaluate.throughput_batch, cfg.evaluate.throughput_seconds)
-    return sess, {"accuracy": accuracy, **speed, "size_bytes": path.stat().st_size}
+    return sess, {"accuracy": accuracy, **speed, "size_bytes": file_size(path)}
 
 
 def _onnx_file(model, images: torch.Tensor, ref: dict, workdir: Path, name: str, opset: int) -> Path:
@@ -55,7 +59,7 @@ def _onnx_file(model, images: torch.Tensor, ref: dict, workdir: Path, name: str,
     return path
 
 
-def _float_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict) -> dict:
+def _float_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict) -> OnnxExport:
     model = load(ref)
     channels = input_channels(model)
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
@@ -70,7 +74,8 @@ def _float_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: di
             "source_sha256": ref["sha256"], **check, **info, "parity_ok": int(ok)}
 
 
-def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict, float_export: dict) -> dict:
+def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dict,
+                 float_export: OnnxExport) -> OnnxExport:
     """onnxruntime's int8 of the float ONNX; usable when its val accuracy is within the quantize gate."""
     model = load(ref)  # the torch int8 model: top-1 agreement with it is reported, not gated
     channels = input_channels(model)
@@ -79,23 +84,22 @@ def _int8_export(cfg: PipelineConfig, bundle, workdir: Path, name: str, ref: dic
     sess, info = _measure(cfg, bundle, path, channels, model)
     float_sess = session(float_export["path"], cfg.evaluate.threads)
     val = lambda: bundle.batches("val", cfg.data.eval_batch_size, channels=channels)  # noqa: E731 - a fresh val iterator per call
-    float_acc, val_acc = onnx_accuracy(float_sess, val()), onnx_accuracy(sess, val())
-    drop = float_acc - val_acc
+    float_accuracy, val_accuracy = onnx_accuracy(float_sess, val()), onnx_accuracy(sess, val())
+    drop = float_accuracy - val_accuracy
     images = next(iter(bundle.batches("test", cfg.data.eval_batch_size, channels=channels)))[0]
     with torch.no_grad():
-        torch_top1 = model(images).argmax(1).numpy()
-    agreement = float((run_onnx(sess, images).argmax(1) == torch_top1).mean())
-    ok = int8_rejection(float_acc, val_acc, cfg.quantize.max_accuracy_drop) is None
+        agreement = top1_agreement(model(images), run_onnx(sess, images))
+    ok = int8_rejection(float_accuracy, val_accuracy, cfg.quantize.max_accuracy_drop) is None
     if not ok:
         log.warning("[export] %s: onnxruntime int8 loses %.2f points on val (limit %.2f): not used",
                     name, 100 * drop, 100 * cfg.quantize.max_accuracy_drop)
     return {"candidate": name, "path": str(path), "sha256": file_sha256(path), "ok": ok, "format": "int8-qdq",
-            "source_sha256": float_export["sha256"], "val_acc": val_acc, "val_acc_drop": drop,
+            "source_sha256": float_export["sha256"], "val_accuracy": val_accuracy, "val_accuracy_drop": drop,
             "top1_agreement_torch_int8": agreement, **info}
 
 
 @stage_task("export", sections=("export", "evaluate", "quantize"))
-def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict, int8: dict | None = None) -> dict:
+def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict, int8: dict | None = None) -> Exported:
     """`models`: float candidates to export; `int8`: the static int8 candidate, whose int8 ONNX is made from
     the float export of the model it was quantized from (one of `models`)."""
     bundle = get_bundle(cfg, data)
@@ -111,10 +115,10 @@ def export(cfg: PipelineConfig, ctx, run, workdir, data: dict, models: dict, int
         if not info["ok"]:
             run.set_tags({f"{name}.onnx.rejected": "true"})
     run.log_dict({"exports": exports}, "exports.json")
-    return {"exports": exports}
+    return Exported(exports)
 
 
-def with_onnx(rows: list[dict], exports: dict) -> list[dict]:
+def with_onnx(rows: list[EvaluationRow], exports: dict[str, OnnxExport]) -> list[EvaluationRow]:
     """Evaluation rows with the onnxruntime speed, accuracy and ONNX file of candidates that have a usable
     export."""
     merged = []

@@ -30,6 +30,7 @@ from compression.models import input_channels
 from tasks import fidelity_plots as plots
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import FidelityFigures
 from tasks.stage import stage_task
 from tasks.tracking import StageRun
 from tasks.training import load
@@ -218,7 +219,7 @@ def reference_of(candidates: dict) -> str:
 
 
 @stage_task("fidelity", sections=("fidelity",))
-def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict) -> dict:
+def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict) -> FidelityFigures:
     """Every candidate against the reference (and an int8 one against its float parent); the figures, the
     "what changed" sentences and how they were measured, for comparison.with_fidelity."""
     started = time.perf_counter()
@@ -243,8 +244,8 @@ def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
     seconds = time.perf_counter() - started
     run.log_metrics({"seconds": seconds, "test_images": len(evidence.test_labels),
                      "corruption_images": 0 if evidence.corruption_index is None else len(evidence.corruption_index)})
-    return {"reference": reference, "parents": parents, "figures": _stored(reports), "sentences": sentences,
-            "note": note, "seconds": seconds}
+    return FidelityFigures(reference=reference, parents=parents, figures=_stored(reports), sentences=sentences,
+                           note=note, seconds=seconds)
 
 
 def population_predictions(bundle: DataBundle, runs: list[dict], batch_size: int) -> tuple[dict, torch.Tensor]:

@@ -24,4 +24,4 @@ def finetune(cfg: PipelineConfig, ctx, run, workdir, data: dict, base: dict) -> 
     result = fit_logged(run, model, bundle, settings.train, workdir / "checkpoints", "finetune", plan=plan,
                         distributed=cfg.distributed)
     log_curves(run, {TEACHER: result.history}, "fine-tune")
-    return save_candidate(run, model, workdir, TEACHER, bundle, val_acc=result.best_val_acc)
+    return save_candidate(run, model, workdir, TEACHER, bundle, val_accuracy=result.best_val_accuracy)

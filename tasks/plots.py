@@ -20,10 +20,10 @@ def training_curves(histories: dict[str, list[dict]], title: str):
     for label, history in histories.items():
         epochs = [row["epoch"] for row in history]
         ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", label=f"{label} train")
-        ax_acc.plot(epochs, [row["train_acc"] for row in history], marker="o", label=f"{label} train")
-        if history and "val_acc" in history[0]:
+        ax_acc.plot(epochs, [row["train_accuracy"] for row in history], marker="o", label=f"{label} train")
+        if history and "val_accuracy" in history[0]:
             ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="s", ls="--", label=f"{label} val")
-            ax_acc.plot(epochs, [row["val_acc"] for row in history], marker="s", ls="--", label=f"{label} val")
+            ax_acc.plot(epochs, [row["val_accuracy"] for row in history], marker="s", ls="--", label=f"{label} val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
     for ax in (ax_loss, ax_acc):

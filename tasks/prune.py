@@ -12,12 +12,13 @@ from compression.pruning import prune_structured, prune_unstructured
 from compression.training import seed_everything
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import Pruned
 from tasks.stage import stage_task
 from tasks.training import fit_logged, load, log_curves, save_candidate
 
 
 @stage_task("prune", sections=("prune", "distill", "distributed"))
-def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, teacher: dict) -> dict:
+def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, teacher: dict) -> Pruned:
     bundle = get_bundle(cfg, data)
     settings = cfg.prune
     model = load(student)
@@ -26,7 +27,7 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
     example = example_input(model, size=bundle.input_size)
     plan = (FitPlan(loss="kd", temperature=cfg.distill.temperature, alpha=cfg.distill.alpha) if settings.kd
             else FitPlan())
-    result = {}
+    structured_ref = sparse_ref = None
 
     if settings.method in ("structured", "both"):
         structured = copy.deepcopy(model)
@@ -48,11 +49,11 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
                                   settings.round_to, settings.global_pruning, gradient_batches, after_step=recover)
         run.log_metrics(report)
         log_curves(run, histories, "recovery after pruning")
-        result["structured"] = save_candidate(run, structured, workdir, PRUNED, bundle)
+        structured_ref = save_candidate(run, structured, workdir, PRUNED, bundle)
 
     if settings.method in ("unstructured", "both"):
         sparse = copy.deepcopy(model)
         report = prune_unstructured(sparse, settings.ratio)
         run.log_metrics(report, prefix="unstructured.")
-        result["unstructured"] = save_candidate(run, sparse, workdir, SPARSE, bundle)
-    return result
+        sparse_ref = save_candidate(run, sparse, workdir, SPARSE, bundle)
+    return Pruned(structured_ref, sparse_ref)

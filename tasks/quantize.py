@@ -16,6 +16,7 @@ from compression.models import example_input, input_channels
 from compression.quantization import quantize as quantize_model
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.outputs import Quantized
 from tasks.stage import stage_task
 from tasks.training import load, save_candidate
 
@@ -32,7 +33,7 @@ def calibration_batches(cfg: PipelineConfig, bundle, channels: int) -> list:
 
 
 @stage_task("quantize", sections=("quantize",))
-def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) -> dict:
+def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) -> Quantized:
     bundle = get_bundle(cfg, data)
     settings = cfg.quantize
     float_model = load(model)
@@ -41,19 +42,19 @@ def quantize(cfg: PipelineConfig, ctx, run, workdir, data: dict, model: dict) ->
     example = example_input(float_model, size=bundle.input_size)
     val = bundle.batches("val", cfg.data.eval_batch_size, channels=channels)
     float_acc = evaluate_classifier(float_model, val)["accuracy"]
-    run.log_metrics({"float_val_acc": float_acc, "calibration_images": sum(len(x) for x in calibration)})
-    result = {}
+    run.log_metrics({"float_val_accuracy": float_acc, "calibration_images": sum(len(x) for x in calibration)})
+    made = {}
     for mode in settings.modes:
         quantized = quantize_model(float_model, mode, example, calibration if mode == "static" else None,
                                    settings.backend)
         acc = evaluate_classifier(quantized, val)["accuracy"]
         drop = float_acc - acc
-        run.log_metrics({"val_acc": acc, "val_acc_drop": drop}, prefix=f"{mode}.")
+        run.log_metrics({"val_accuracy": acc, "val_accuracy_drop": drop}, prefix=f"{mode}.")
         if (rejected := int8_rejection(float_acc, acc, settings.max_accuracy_drop)) is not None:
             log.warning("[quantize] %s int8 model loses %.2f points on val (limit %.2f): not a candidate",
                         mode, 100 * drop, 100 * settings.max_accuracy_drop)
             run.set_tags({f"{mode}.rejected": rejected})
             continue
-        result[mode] = save_candidate(run, quantized, workdir, candidates.quantized(mode), bundle, val_acc=acc,
+        made[mode] = save_candidate(run, quantized, workdir, candidates.quantized(mode), bundle, val_accuracy=acc,
                                       source_sha256=model["sha256"])
-    return result
+    return Quantized(**made)

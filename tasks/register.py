@@ -29,6 +29,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
 import compression
+from compression.accuracy import ratio
 from compression.checkpoint import read_model_file
 from compression.comparison import reference_row
 from compression.data import to_model_input
@@ -85,7 +86,7 @@ def _reloaded_accuracy(uri: str, batches) -> float:
     for images, labels in batches:
         correct += int((loaded.predict(images)["label"].to_numpy() == labels).sum())
         seen += len(labels)
-    return correct / max(seen, 1)
+    return ratio(correct, seen)
 
 
 def pyfunc_arguments(checkpoint: str, onnx: str | None, runtime: str, labels: list[int], threads: int,

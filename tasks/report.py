@@ -8,9 +8,17 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from compression.candidate_fidelity import what_changed_paragraph
 from compression.candidates import TEACHER
-from compression.comparison import FIDELITY_COLUMNS, SUMMARY_FIGURES, kd_gain, speed_notes, with_ratios
+from compression.comparison import (
+    FIDELITY_COLUMNS,
+    SUMMARY_FIGURES,
+    EvaluationRow,
+    kd_gain,
+    speed_notes,
+    with_ratios,
+)
 from tasks import plots
 from tasks.config import PipelineConfig
+from tasks.outputs import Summary
 from tasks.stage import stage_task
 from tasks.tracking import RunContext, StageRun, log_figure
 
@@ -20,7 +28,7 @@ COLUMNS = ["candidate", "accuracy", "accuracy_drop", "params", "params_x", "nonz
 PARETO_AXES = (("macs", "MACs"), ("latency_p50_ms", "latency p50 (ms)"), ("size_bytes", "file size (bytes)"))
 
 
-def comparison_table(rows: list[dict], reference: str = TEACHER) -> pd.DataFrame:
+def comparison_table(rows: list[EvaluationRow], reference: str = TEACHER) -> pd.DataFrame:
     """One row per candidate with ratios against the reference (x = how many times smaller/faster)."""
     df = pd.DataFrame(with_ratios(rows, reference)).rename(columns={v: k for k, v in FIDELITY_COLUMNS.items()})
     return df[[c for c in COLUMNS if c in df.columns]]
@@ -61,7 +69,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 @stage_task("report", cache=False)
-def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: list[dict]) -> dict:
+def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: list[EvaluationRow]) -> Summary:
     """Logged to the report's own run and to the pipeline run, where the MLflow UI shows it first."""
     df = comparison_table(rows)
     text = markdown(df)
@@ -97,10 +105,10 @@ def report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, rows: l
     # None, not NaN, where a candidate has no ONNX export: NaN != NaN would make equal tables differ.
     records = [{k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in r.items()}
                for r in df.to_dict("records")]
-    return {"table": records, "markdown": text, "kd_gain": gain}
+    return Summary(table=records, markdown=text, kd_gain=gain)
 
 
-def what_changed(rows: list[dict]) -> str:
+def what_changed(rows: list[EvaluationRow]) -> str:
     """The fidelity stage's plain-words paragraph (sentences carried by the rows); "" without one."""
     sentences = [r["what_changed"] for r in rows if r.get("what_changed")]
     method = next((r["fidelity.method"] for r in rows if r.get("fidelity.method")), "")

@@ -24,7 +24,7 @@ from prefect.artifacts import create_table_artifact
 
 from compression import CompressionError, first_line
 from compression import search as policy
-from compression.measure import count_macs, count_nonzero_params, cpu_latency, evaluate_classifier
+from compression.measure import count_macs, count_nonzero_params, cpu_latency, evaluate_classifier, file_size
 from compression.models import example_input, input_channels
 from tasks import plots
 from tasks.config import PipelineConfig, apply_overrides, config_from_dict
@@ -111,7 +111,7 @@ def _teacher_costs(model, teacher: ModelRef, size: int, threads: int) -> dict:
     example = example_input(model, 1, size=size)
     speed = cpu_latency(model, example, threads=threads, repeats=20, min_seconds=0.05)
     return {"macs": count_macs(model, example), "params": count_nonzero_params(model)[0],
-            "size_bytes": Path(teacher["path"]).stat().st_size, "latency_ms": speed["latency_p50_ms"]}
+            "size_bytes": file_size(teacher["path"]), "latency_ms": speed["latency_p50_ms"]}
 
 
 @stage_task("plan_search", sections=("search", "trim", "prune", "quantize", "distill", "evaluate"))
@@ -189,7 +189,7 @@ def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, s
                                                          channels=input_channels(model)))["accuracy"]
     example = example_input(model, 1, size=bundle.input_size)
     metrics = {"accuracy": accuracy, "macs": count_macs(model, example),
-               "params": count_nonzero_params(model)[0], "size_bytes": Path(final["path"]).stat().st_size}
+               "params": count_nonzero_params(model)[0], "size_bytes": file_size(final["path"])}
     run.log_metrics(metrics)
     run.log_artifact(final["path"], "model")
     return {"number": number, "state": "COMPLETE", "settings": settings, **metrics, "latency_ms": None,

@@ -8,6 +8,7 @@ from the epoch checkpoints kept there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ class ModelRef(TypedDict, total=False):
     path: Required[str]
     sha256: Required[str]
     run_id: Required[str]
-    val_acc: float
+    val_accuracy: float
     source_sha256: str  # the float model an int8 model was made from
     source: str
     arch: str
@@ -89,10 +90,49 @@ def stage_workdir(stage: str, sections: tuple[str, ...], cfg: PipelineConfig, in
     return key, output_root(cfg) / stage / key
 
 
-def _cached_result(stage: str, workdir: Path, ctx: RunContext):
+def run_id_of(result) -> str:
+    """The MLflow run a stage's result was logged in: a model ref's or a StageOutput's (tasks/outputs.py)."""
+    return (result.get("run_id") if isinstance(result, dict) else getattr(result, "run_id", "")) or ""
+
+
+def _output_type(fn: Callable):
+    """The dataclass a stage function returns (its return annotation, a name of its module), or None for a
+    ModelRef or a plain dict."""
+    returned = fn.__annotations__.get("return")
+    if isinstance(returned, str):  # postponed annotations: the name, resolved where the stage is defined
+        returned = fn.__globals__.get(returned)
+    return returned if isinstance(returned, type) and dataclasses.is_dataclass(returned) else None
+
+
+def _rebuilt(output_type, record: dict):
+    """The stage's output from its cache record; None when the record does not fit the type (written by
+    another version): the stage runs again."""
+    if output_type is None:
+        return record
+    known = {f.name for f in dataclasses.fields(output_type)}
+    try:
+        return output_type(**{k: v for k, v in record.items() if k in known})
+    except TypeError:
+        return None
+
+
+def _finished(result, run_id: str, stage: str):
+    """The result with where it was logged; a dataclass result as it is, a dict one as a copy."""
+    if dataclasses.is_dataclass(result):
+        return dataclasses.replace(result, run_id=run_id, stage=stage)
+    return {**result, "run_id": run_id, "stage": stage}
+
+
+def _record_of(result) -> dict:
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+
+
+def _cached_result(stage: str, workdir: Path, ctx: RunContext, output_type):
     store = store_id(ctx.tracking_uri)
     client = ctx.client()
     result, why = records.lookup(workdir, store, lambda run_id: run_finished(client, run_id))
+    if result is not None and (result := _rebuilt(output_type, result)) is None:
+        why = "its record does not fit this version's result"
     if why:
         log.info("[%s] cache record not used, running the stage again: %s", stage, why)
     return result
@@ -107,9 +147,11 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
     """
 
     def decorate(fn: Callable):
+        output_type = _output_type(fn)
+
         def body(cfg: PipelineConfig, ctx: RunContext, **inputs):
             key, workdir = stage_workdir(stage, sections, cfg, inputs)
-            if cache and (hit := _cached_result(stage, workdir, ctx)) is not None:
+            if cache and (hit := _cached_result(stage, workdir, ctx, output_type)) is not None:
                 return Completed(name="Cached", data=hit)
             workdir.mkdir(parents=True, exist_ok=True)
             seen = ConfigReads(cfg)
@@ -118,15 +160,16 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
                 run.log_params({"seed": cfg.seed, **cfg.stage_dict(*sections)})
                 result = fn(seen, ctx, run, workdir, **inputs)
                 check_sections(stage, sections, seen.read)
-            if not isinstance(result, dict):
+            if not isinstance(result, dict) and not dataclasses.is_dataclass(result):
                 return result
-            result = {**result, "run_id": run.run_id, "stage": stage}
+            result = _finished(result, run.run_id, stage)
             if cache:
-                records.write_record(workdir, stage, key, store_id(ctx.tracking_uri), result)
+                records.write_record(workdir, stage, key, store_id(ctx.tracking_uri), _record_of(result))
             return result
 
         # Not functools.wraps: Prefect reads the task's parameters from the signature, which is body's.
         body.__name__, body.__qualname__, body.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        body.__wrapped_stage__ = fn  # the stage function itself, for tests and tools
         return task(name=stage, cache_policy=None, persist_result=False, **task_options)(body)
 
     return decorate
@@ -141,4 +184,4 @@ def retry_transient(task_obj, task_run, state) -> bool:
     return False
 
 
-__all__ = ["ModelRef", "StageRun", "model_ref", "output_root", "stage_task", "retry_transient"]
+__all__ = ["ModelRef", "StageRun", "model_ref", "output_root", "run_id_of", "stage_task", "retry_transient"]

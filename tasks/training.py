@@ -38,7 +38,7 @@ def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: T
         for row in result.history[:result.resumed_from_epoch + 1]:
             log_epoch(row)
         run.set_tags({f"{prefix}shrinkflow.resumed_from_epoch": str(result.resumed_from_epoch + 1)})
-    run.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+    run.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                      "epochs_run": len(result.history), "stopped_early": int(result.stopped_early)}, prefix=prefix)
     return result
 

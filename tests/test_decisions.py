@@ -69,3 +69,64 @@ def test_the_search_retrains_feasible_trials_first_then_the_most_accurate():
     # on latency the trials were not timed: accurate enough first, then the fewest MACs
     ranked = [t["number"] for t in rank_for_retraining(trials, "latency_ms", 5.0, 0.92, 0.02)]
     assert ranked == [2, 3, 0, 1]
+
+
+# ---------------------------------------------------------------- one accuracy (compression/accuracy.py)
+
+def test_accuracy_is_the_exact_ratio_of_top1_hits():
+    import torch
+
+    from compression.accuracy import agreement, matching_share, ratio, top1_accuracy, top1_hits
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 0.0], [1.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, -1, 1])  # -1: an unlabelled image, never a hit
+    assert top1_hits(logits, labels).tolist() == [True, True, False, False, True]
+    assert top1_accuracy(logits, labels) == 3 / 5  # exactly, not a float32 mean
+    assert top1_accuracy(logits.numpy(), labels.numpy()) == 3 / 5
+    assert ratio(0, 0) == 0.0 and matching_share(torch.tensor([0, 2]), torch.tensor([0, 1])) == 0.5
+    assert agreement(logits, logits.flip(0)) == 1 / 5  # only the middle image keeps its class
+
+
+def test_every_accuracy_of_the_core_goes_through_the_one_function():
+    """No accuracy is computed by hand elsewhere in compression/ (argmax compared with labels)."""
+    import re
+    from pathlib import Path
+
+    by_hand = re.compile(r"argmax\(1\)\s*==|==\s*\w+\.argmax\(1\)|\.float\(\)\.mean\(\)")
+    root = Path(__file__).resolve().parents[1]
+    offenders = [f"{p.name}:{i}" for folder in ("compression", "tasks") for p in sorted((root / folder).glob("*.py"))
+                 if p.name != "accuracy.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if by_hand.search(line)]
+    assert offenders == []
+
+
+# ---------------------------------------------------------------- stage outputs (tasks/outputs.py)
+
+def test_a_stage_output_is_its_own_cache_record():
+    import dataclasses
+
+    from tasks.outputs import Distilled, Pruned, Quantized
+    from tasks.stage import _finished, _rebuilt, _record_of
+
+    kd = {"name": "student_kd", "path": "/x/kd.pt", "sha256": "ab", "run_id": "r1"}
+    made = _finished(Distilled(kd), "run-7", "distill")
+    assert made.run_id == "run-7" and made.stage == "distill" and made.baseline is None
+    record = _record_of(made)
+    assert record == {"run_id": "run-7", "stage": "distill", "kd": kd, "baseline": None}
+    assert _rebuilt(Distilled, {**record, "from_a_newer_version": 1}) == made
+    assert _rebuilt(Distilled, {"run_id": "r", "stage": "distill"}) is None  # no kd: the stage runs again
+    assert _rebuilt(None, record) is record  # a ModelRef stage's record is the ref itself
+    assert Quantized(static=kd).of("static") == kd and Quantized(static=kd).of("dynamic") is None
+    assert Pruned(structured=None, unstructured=kd).next_model is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.kd = None
+
+
+def test_the_output_type_comes_from_the_stage_functions_return_annotation():
+    from tasks.distill import distill
+    from tasks.fetch import fetch_pretrained
+    from tasks.outputs import Distilled
+    from tasks.stage import _output_type
+
+    assert _output_type(distill.fn.__wrapped_stage__) is Distilled
+    assert _output_type(fetch_pretrained.fn.__wrapped_stage__) is None  # returns a ModelRef

@@ -49,7 +49,7 @@ def test_two_gloo_processes_train_as_one_process_with_the_same_global_batch(tmp_
                           "train", tmp_path / "checkpoints", "two", "")
     assert _largest_difference(alone, together) < 1e-5  # float sums in another order, nothing more
     assert [round(r["train_loss"], 5) for r in one.history] == [round(r["train_loss"], 5) for r in two.history]
-    assert [r["val_acc"] for r in two.history] == pytest.approx([r["val_acc"] for r in one.history], abs=1e-6)
+    assert [r["val_accuracy"] for r in two.history] == pytest.approx([r["val_accuracy"] for r in one.history], abs=1e-6)
     assert (tmp_path / "checkpoints" / "last.pt").is_file()  # written by the leader
 
 

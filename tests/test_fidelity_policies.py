@@ -257,10 +257,9 @@ def test_fidelity_figures_merge_into_the_evaluation_rows():
     reports = cf.all_reports(evidence, "teacher", {"int8": "student"}, bootstrap=200)
     stored = {name: {side: None if r is None else {k: v for k, v in r.items() if k != "details"}
                      for side, r in pair.items()} for name, pair in reports.items()}
-    result = {"figures": stored, "sentences": {"student": "s.", "int8": "i."}, "note": "how"}
     rows = [{"candidate": "teacher", "accuracy": 0.9}, {"candidate": "int8", "accuracy": 0.8},
             {"candidate": "unmeasured", "accuracy": 0.5}]
-    merged = with_fidelity(rows, result)
+    merged = with_fidelity(rows, stored, {"student": "s.", "int8": "i."}, "how")
     assert merged[1]["fidelity.agreement"] == reports["int8"]["reference"]["fidelity.agreement"]
     assert merged[1]["parent.fidelity.agreement"] == reports["int8"]["parent"]["fidelity.agreement"]
     assert merged[1]["what_changed"] == "i." and merged[1]["fidelity.method"] == "how"

@@ -59,10 +59,10 @@ def test_run_tree_params_metrics_artifacts(first_run, store):
     finetune = children["finetune"]
     history = client.get_metric_history(finetune.info.run_id, "train_loss")
     assert [m.step for m in history] == [1]
-    assert {"val_acc", "lr", "epoch_time", "images_per_s"} <= set(finetune.data.metrics)
+    assert {"val_accuracy", "lr", "epoch_time", "images_per_s"} <= set(finetune.data.metrics)
     assert "training_curves.png" in {a.path for a in client.list_artifacts(finetune.info.run_id)}
     distill = children["distill"].data.metrics
-    assert {"val_acc", "baseline.val_acc", "kd_gain_val_acc"} <= set(distill)
+    assert {"val_accuracy", "baseline.val_accuracy", "kd_gain_val_accuracy"} <= set(distill)
     prune_steps = client.get_metric_history(children["prune"].info.run_id, "params")
     assert [m.step for m in prune_steps] == [1, 2] and prune_steps[0].value > prune_steps[1].value
     evaluate = children["evaluate"]
@@ -86,7 +86,7 @@ def test_quantized_candidates_stay_within_tolerance_and_are_smaller(first_run, s
     assert metrics["calibration_images"] == 64
     rows = {r["candidate"]: r for r in first_run["table"]}
     for mode in ("static", "dynamic"):
-        assert metrics[f"{mode}.val_acc_drop"] <= tolerance
+        assert metrics[f"{mode}.val_accuracy_drop"] <= tolerance
         assert rows[f"quantized_{mode}"]["accuracy"] >= rows["pruned"]["accuracy"] - tolerance
         # the same weights and arithmetic as the float model they were made from
         assert rows[f"quantized_{mode}"]["params"] == rows["pruned"]["params"]

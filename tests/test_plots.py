@@ -67,7 +67,7 @@ def test_labels_of_nearby_points_are_moved_apart(figures):
 
 
 def test_training_curves_count_epochs_in_whole_numbers(figures):
-    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5 + e / 10, "val_loss": 1 / e, "val_acc": 0.5}
+    history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5 + e / 10, "val_loss": 1 / e, "val_accuracy": 0.5}
                for e in (1, 2, 3)]
     fig = plots.training_curves({"teacher": history}, "fine-tune")
     figures.append(fig)

@@ -210,7 +210,7 @@ def test_int8_onnx_candidate_is_gated_and_registered(smoke_run, smoke_store):
                               f"tags.mlflow.parentRunId = '{smoke_run['run_id']}' "
                               "and tags.`shrinkflow.stage` = 'export'")
     metrics = runs[0].data.metrics
-    assert metrics["quantized_static.onnx.val_acc_drop"] <= 0.05  # configs/smoke.yaml quantize.max_accuracy_drop
+    assert metrics["quantized_static.onnx.val_accuracy_drop"] <= 0.05  # configs/smoke.yaml quantize.max_accuracy_drop
     assert metrics["quantized_static.onnx.top1_agreement_torch_int8"] >= 0.9
     assert metrics["quantized_static.onnx.size_bytes"] < 0.4 * metrics["pruned.onnx.size_bytes"]  # int8 weights
     assert "onnx/quantized_static.onnx" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "onnx")}

