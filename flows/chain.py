@@ -61,6 +61,7 @@ class Evaluation:
     register_best: bool  # whether this flow registers at all (the single-stage flows do not)
     choose: Callable[[list[dict]], dict | None] | None = None  # a flow's own pick; None from it: register nothing
     rows: list[EvaluationRow] = field(default_factory=list)
+    test_logits: dict | None = None  # the evaluate stage's file of every candidate's test logits
     summary: Summary | None = None
     registered: dict | None = None
 
@@ -140,8 +141,9 @@ COMPRESSION: tuple[Link, ...] = (
 
 EVALUATION: tuple[Link, ...] = (
     Link(evaluate, _always, feeds=lambda e: {"data": e.data, "candidates": e.candidates},
-         keeps=lambda e, out: replace(e, rows=out.rows)),
-    Link(fidelity, lambda cfg: cfg.fidelity.enabled, feeds=lambda e: {"data": e.data, "candidates": e.candidates},
+         keeps=lambda e, out: replace(e, rows=out.rows, test_logits=out.test_logits)),
+    Link(fidelity, lambda cfg: cfg.fidelity.enabled,
+         feeds=lambda e: {"data": e.data, "candidates": e.candidates, "test_logits": e.test_logits},
          keeps=lambda e, out: replace(e, rows=with_fidelity(e.rows, out.figures, out.sentences, out.note))),
     Link(export, lambda cfg: cfg.export.onnx, feeds=_export_inputs,
          keeps=lambda e, out: replace(e, rows=with_onnx(e.rows, out.exports)), refusable=lambda cfg: ("export",)),

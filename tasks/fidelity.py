@@ -30,6 +30,7 @@ from compression.models import input_channels
 from tasks import fidelity_plots as plots
 from tasks.config import PipelineConfig
 from tasks.data import get_bundle
+from tasks.evaluate import load_logits
 from tasks.outputs import FidelityFigures
 from tasks.stage import stage_task
 from tasks.tracking import StageRun
@@ -83,10 +84,12 @@ def _attribution_sample(labels: torch.Tensor, count: int, seed: int) -> torch.Te
     return torch.randperm(len(labels), generator=generator)[:count].sort().values
 
 
-def gather_evidence(cfg: PipelineConfig, bundle: DataBundle, models: dict) -> tuple[cf.Evidence, torch.Tensor]:
-    """(what every model outputs, the pixels of the attribution sample)."""
+def gather_evidence(cfg: PipelineConfig, bundle: DataBundle, models: dict,
+                    test: tuple[dict, torch.Tensor] | None = None) -> tuple[cf.Evidence, torch.Tensor]:
+    """(what every model outputs, the pixels of the attribution sample). `test`: the models' test logits and
+    the labels when the evaluate stage's are at hand; else the models run over the test split here."""
     settings, batch = cfg.fidelity, cfg.data.eval_batch_size
-    test, labels = split_logits(bundle, models, "test", batch)
+    test, labels = test or split_logits(bundle, models, "test", batch)
     val, val_labels = split_logits(bundle, models, "val", batch)
     evidence = cf.Evidence(bundle.classes, labels, test, val_labels, val)
     if not aligned(bundle, labels):
@@ -219,14 +222,16 @@ def reference_of(candidates: dict) -> str:
 
 
 @stage_task("fidelity", sections=("fidelity",))
-def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict) -> FidelityFigures:
+def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dict,
+             test_logits: dict | None = None) -> FidelityFigures:
     """Every candidate against the reference (and an int8 one against its float parent); the figures, the
     "what changed" sentences and how they were measured, for comparison.with_fidelity."""
     started = time.perf_counter()
     bundle = get_bundle(cfg, data)
     models = {name: load(ref).eval() for name, ref in candidates.items()}
     reference = reference_of(candidates)
-    evidence, shown = gather_evidence(cfg, bundle, models)
+    evaluated = load_logits(test_logits, models)
+    evidence, shown = gather_evidence(cfg, bundle, models, evaluated)
     parents = cf.float_parents({n: r.get("source_sha256") for n, r in candidates.items()},
                                {n: r["sha256"] for n, r in candidates.items()})
     reports = cf.all_reports(evidence, reference, parents, cfg.fidelity.bootstrap, cfg.seed)
@@ -243,6 +248,7 @@ def fidelity(cfg: PipelineConfig, ctx, run, workdir, data: dict, candidates: dic
                   "reports": reports, "sentences": sentences}, "fidelity.json")
     seconds = time.perf_counter() - started
     run.log_metrics({"seconds": seconds, "test_images": len(evidence.test_labels),
+                     "test_logits_from_evaluate": int(evaluated is not None),
                      "corruption_images": 0 if evidence.corruption_index is None else len(evidence.corruption_index)})
     return FidelityFigures(reference=reference, parents=parents, figures=_stored(reports), sentences=sentences,
                            note=note, seconds=seconds)

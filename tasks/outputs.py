@@ -73,6 +73,7 @@ class Quantized(StageOutput):
 @dataclass(frozen=True)
 class Evaluated(StageOutput):
     rows: list[EvaluationRow] = field(default_factory=list)  # one per candidate, in the order they were offered
+    test_logits: dict | None = None  # {"path", "sha256"} of every candidate's test logits and the labels
 
 
 @dataclass(frozen=True)
