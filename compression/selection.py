@@ -4,7 +4,7 @@ the one that would have been champion, as challenger."""
 from __future__ import annotations
 
 from compression.budget import within_drop
-from compression.candidates import TEACHER
+from compression.candidates import QUANTIZED_STATIC, TEACHER
 from compression.comparison import reference_row
 from compression.gates import check_gates, describe
 
@@ -80,3 +80,15 @@ def pick_within_gates(trials: list[dict], row_of, gates: dict[str, float] | None
         return best, alias
     best, alias = pick(trials)
     return best, "challenger" if best is not None else alias
+
+
+def export_targets(candidates: dict[str, dict], final: dict) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(float models to export to ONNX, int8 ones) of a run's candidates (model refs by name, in the order
+    they were offered): the reference (the first) and the `final` float model; with them the static int8
+    candidate made from that float model, whose int8 ONNX is made from the float export. Other candidates
+    are compared but not exported: they are steps on the way to the final model."""
+    first = next(iter(candidates.values()))
+    floats = {ref["name"]: ref for ref in (first, final)}
+    int8 = {name: ref for name, ref in candidates.items()
+            if name == QUANTIZED_STATIC and ref.get("source_sha256") == final["sha256"]}
+    return floats, int8

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from compression.candidates import QUANTIZED_STATIC
 from compression.comparison import EvaluationRow, with_fidelity
+from compression.selection import export_targets
 from tasks.config import PipelineConfig
 from tasks.data import load_data
 from tasks.distill import distill
@@ -93,13 +93,8 @@ class Link:
 
 
 def _export_inputs(state: Evaluation) -> dict:
-    """The reference (the first candidate) and the last float model; with them the static int8 candidate made
-    from that float model, whose int8 ONNX export makes from the float export."""
-    first = next(iter(state.candidates.values()))
-    targets = {ref["name"]: ref for ref in (first, state.final)}
-    int8 = {name: ref for name, ref in state.candidates.items()
-            if name == QUANTIZED_STATIC and ref.get("source_sha256") == state.final["sha256"]}
-    return {"data": state.data, "models": targets, "int8": int8}
+    floats, int8 = export_targets(state.candidates, state.final)
+    return {"data": state.data, "models": floats, "int8": int8}
 
 
 def _registration_inputs(state: Evaluation) -> dict | None:

@@ -130,3 +130,21 @@ def test_the_output_type_comes_from_the_stage_functions_return_annotation():
 
     assert _output_type(distill.fn.__wrapped_stage__) is Distilled
     assert _output_type(fetch_pretrained.fn.__wrapped_stage__) is None  # returns a ModelRef
+
+
+# ---------------------------------------------------------------- what gets exported (compression/selection.py)
+
+def test_export_targets_are_the_reference_the_final_model_and_its_own_int8_copy():
+    from compression.selection import export_targets
+
+    ref = lambda name, sha, source=None: {"name": name, "sha256": sha, "source_sha256": source}  # noqa: E731
+    teacher, kd, pruned = ref("teacher", "t"), ref("student_kd", "k"), ref("pruned", "p")
+    candidates = {r["name"]: r for r in (teacher, kd, pruned, ref("quantized_static", "q", "p"),
+                                         ref("quantized_dynamic", "d", "p"))}
+    floats, int8 = export_targets(candidates, pruned)
+    assert list(floats) == ["teacher", "pruned"] and list(int8) == ["quantized_static"]
+    # an int8 copy of another float model is not exported with this one
+    floats, int8 = export_targets({**candidates, "quantized_static": ref("quantized_static", "q", "k")}, pruned)
+    assert int8 == {}
+    # a single-stage flow whose final model is its reference exports it once
+    assert export_targets({"teacher": teacher}, teacher) == ({"teacher": teacher}, {})
