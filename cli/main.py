@@ -184,6 +184,12 @@ def _print_search(result: dict) -> None:
           f"{len(completed)} trials completed, {len(trials) - len(completed)} failed; "
           f"{len(result['finalists'])} trained again at full epochs")
     print("\n" + result["markdown"] + "\n")
+    from compression.search import RECIPE  # torch is loaded by now: the search ran in this process
+
+    recipe = next((t for t in trials if t.get("enqueued") == RECIPE and t["state"] == "COMPLETE"), None)
+    if recipe:
+        print(f"the config's own settings (recipe): trial {recipe['number']}, val accuracy {recipe['accuracy']:.4f} "
+              "at the trials' epochs")
     if result.get("registered"):
         reg = result["registered"]
         print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, test accuracy "
@@ -219,7 +225,7 @@ def _runs_frame(runs):
              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
     frame = pd.DataFrame(rows)
     for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "tags.shrinkflow.trial",
-                   "tags.shrinkflow.study", "tags.error"):
+                   "tags.shrinkflow.study", "tags.error", "tags.search.enqueued"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -241,8 +247,9 @@ def _trials_table(runs):
     measured = [c for c in ("metrics.accuracy", "metrics.macs", "metrics.params", "metrics.size_bytes")
                 if c in runs.columns]
     # The number from the run's tags: a run cut off by a kill can lack its params, never its tags.
-    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", *settings, *measured, "tags.error",
-                  "run_id"]].rename(columns={"tags.shrinkflow.trial": "trial"})
+    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", "tags.search.enqueued", *settings,
+                  *measured, "tags.error", "run_id"]].rename(columns={"tags.shrinkflow.trial": "trial",
+                                                                     "tags.search.enqueued": "enqueued"})
     table = table.iloc[::-1]  # oldest first within a trial (runs come newest first)
     return table.assign(order=table["trial"].astype(int)).sort_values("order", kind="stable").drop(columns="order")
 

@@ -52,10 +52,10 @@ log = logging.getLogger("shrinkflow")
 
 @task(name="trial", cache_policy=None, persist_result=False)
 def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, number: int, settings: dict,
-          full: bool = False) -> dict:
+          full: bool = False, enqueued: str | None = None) -> dict:
     """One trial: the stages with the trial's settings, in a Dask worker, one torch thread."""
     torch.set_num_threads(1)
-    with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full) as (trial_ctx, handle):
+    with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full, enqueued) as (trial_ctx, handle):
         overrides = trial_overrides(cfg, settings, plan, full)
         handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
         trial_cfg = trial_config(cfg, overrides)
@@ -68,12 +68,13 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
         return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
 
 
-def _outcome(future, number: int, settings: dict) -> dict:
+def _outcome(future, number: int, settings: dict, enqueued: str | None) -> dict:
     try:
-        return future.result()
+        outcome = future.result()
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
         log.warning("[search] trial %d failed: %s", number, first_line(exc))
-        return failed_outcome(number, settings, exc)
+        outcome = failed_outcome(number, settings, exc)
+    return {**outcome, "enqueued": enqueued} if enqueued else outcome
 
 
 def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, study) -> list[dict]:
@@ -86,11 +87,12 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
     while done + len(in_flight) < target or in_flight:
         while len(in_flight) < cfg.search.parallel and done + len(in_flight) < target:
             asked = study.ask()
-            settings = policy.sample(asked, space)
-            in_flight[trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings)] = (asked, settings)
+            settings, enqueued = policy.sample(asked, space), asked.user_attrs.get("enqueued")
+            future = trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings, enqueued=enqueued)
+            in_flight[future] = (asked, settings, enqueued)
         future = next(as_completed(list(in_flight)))
-        asked, settings = in_flight.pop(future)
-        outcome = _outcome(future, asked.number, settings)
+        asked, settings, enqueued = in_flight.pop(future)
+        outcome = _outcome(future, asked.number, settings, enqueued)
         record(study, asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
         done += 1
         log.info("[search] trial %d %s (%d/%d)%s", asked.number, outcome["state"].lower(), done, target,
@@ -99,14 +101,16 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
 
 
 def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
-    """The top_k trials (feasible first, then by accuracy) trained again at the config's full epochs."""
+    """The top_k trials (feasible first, then by accuracy), and the recipe's trial, trained again at the
+    config's full epochs."""
     ranked = policy.rank_for_retraining(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
                                         cfg.search.budget.max_accuracy_drop)
     if cfg.search.top_k == 0:
         return ranked[:1]
-    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True): t
-               for t in ranked[:cfg.search.top_k]}
-    outcomes = [_outcome(f, t["number"], t["settings"]) for f, t in futures.items()]
+    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True,
+                            enqueued=t.get("enqueued")): t
+               for t in policy.finalists(ranked, cfg.search.top_k)}
+    outcomes = [_outcome(f, t["number"], t["settings"], t.get("enqueued")) for f, t in futures.items()]
     return [o for o in outcomes if o["state"] == "COMPLETE"]
 
 
@@ -158,7 +162,8 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
     if best is None:
         return None
     tags = {"search_run_id": parent_run_id, "search_trial": str(best["number"]),
-            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}"}
+            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}",
+            **({"search_enqueued": best["enqueued"]} if best.get("enqueued") else {})}
     return {"candidate": f"trial-{best['number']}", "alias": alias, "tags": tags}
 
 

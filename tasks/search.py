@@ -161,17 +161,32 @@ def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool)
     return overrides
 
 
+def recipe_settings(cfg: PipelineConfig) -> dict:
+    """The config's own value of every knob of the space (trim.keep_per_stage: None when trimming is off, as
+    the trials read it)."""
+    values = {}
+    for key in cfg.search.space:
+        if key == "trim.keep_per_stage":
+            values[key] = cfg.trim.keep_per_stage if cfg.trim.enabled else None
+        else:
+            section, field = key.split(".", 1)
+            values[key] = getattr(getattr(cfg, section), field)
+    return values
+
+
 def trial_config(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
     return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), dict(overrides)), "search trial")
 
 
 @contextmanager
-def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool):
+def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool, enqueued: str | None = None):
     """The trial's MLflow run under the search's pipeline run, tagged with its study (a search resumed after a
-    stop lists the trials of the earlier one by it); FAILED with the error as a tag if it raises."""
+    stop lists the trials of the earlier one by it) and, for a trial the search enqueued itself, with why
+    (`search.enqueued`: recipe); FAILED with the error as a tag if it raises."""
     with stage_run(ctx, "trial-full" if full else "trial") as run:
         run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.study": study, "shrinkflow.trial": str(number),
-                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}"})
+                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}",
+                      **({"search.enqueued": enqueued} if enqueued else {})})
         run.log_params({"trial": number, "full_fidelity": full, **settings})
         try:
             yield RunContext(ctx.tracking_uri, ctx.experiment_id, run.run_id), run
@@ -227,20 +242,38 @@ def _queue_grid(study: optuna.Study, cfg: PipelineConfig) -> None:
         study.enqueue_trial(point)
 
 
+def _enqueue_recipe(study: optuna.Study, cfg: PipelineConfig) -> None:
+    """The config's own settings, clipped to the space, as the first trial: the search then knows how the
+    hand-set recipe does at its fidelity, and its pick can only match or beat it. (Under a structural budget
+    the recipe's prune ratio is not a knob: it gets the width the budget allows, as every trial does.)"""
+    space = sampled_space(cfg)
+    point, notes = policy.recipe_point(space, recipe_settings(cfg))
+    for key, note in notes.items():
+        log.info("[search] the recipe's %s: %s", key, note)
+    if not point:
+        log.info("[search] no setting of the config is a point of the search space: no recipe trial")
+        return
+    study.enqueue_trial(point, user_attrs={"enqueued": policy.RECIPE})
+
+
 def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Study:
     """The study (created, or loaded when a search with the same identity ran before), its orphaned trials
-    (left RUNNING by a killed search) failed and queued again with the same settings."""
+    (left RUNNING by a killed search) failed and queued again with the same settings and marks. What a new
+    study runs first is queued once, when it has no trials: the grid's points, or the recipe."""
     path = study_path(cfg, teacher, plan)
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
     sampler = _sampler(cfg, seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=f"sqlite:///{path}", study_name="search", direction="maximize",
                                 sampler=sampler, load_if_exists=True)
-    if cfg.search.sampler == "grid" and not study.trials:
+    if not study.trials and cfg.search.sampler == "grid":
         _queue_grid(study, cfg)
+    elif not study.trials:
+        _enqueue_recipe(study, cfg)
     for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(orphan.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number})
+        marks = {k: v for k, v in orphan.user_attrs.items() if k == "enqueued"}
+        study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number, **marks})
         log.info("[search] trial %d was cut off by an earlier stop: queued again", orphan.number)
     return study
 
@@ -297,8 +330,8 @@ def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
     metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
     rows = []
     for t in trials:
-        row = {"trial": t["number"], "state": t["state"], **{k: json.dumps(v) if isinstance(v, list) else v
-                                                              for k, v in t["settings"].items()}}
+        row = {"trial": t["number"], "state": t["state"], "enqueued": t.get("enqueued", ""),
+               **{k: json.dumps(v) if isinstance(v, list) else v for k, v in t["settings"].items()}}
         if t["state"] == "COMPLETE":
             row.update({"val_accuracy": round(t["accuracy"], 4), "drop": round(teacher - t["accuracy"], 4),
                         "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"],

@@ -145,6 +145,8 @@ def test_search_killed_on_a_local_cluster_resumes_on_a_dask_scheduler_and_regist
                 os.killpg(process.pid, signal.SIGKILL)
     outcomes = {t.number for t in _study_trials(tmp_path) if "outcome" in t.user_attrs}
     assert len(outcomes) == 6 and kept <= outcomes
+    recipes = [t for t in _study_trials(tmp_path) if t.user_attrs.get("enqueued") == "recipe"]
+    assert len([t for t in recipes if "outcome" in t.user_attrs]) == 1  # resumed twice, the recipe ran once
     second_log = (tmp_path / "second.log").read_text()
     assert "trials finished before; running the rest" in second_log
     _check_search_runs(tmp_path, outcomes, kept, second_log)
@@ -165,7 +167,9 @@ def _check_search_runs(tmp_path: Path, outcomes: set[int], kept: set[int], stdou
     assert {r.data.params["trial"] for r in finished + failed} == {str(n) for n in outcomes}
     for number in kept:  # a trial finished before the kill was not trained again
         assert len([r for r in trials if r.data.params.get("trial") == str(number)]) == 1
-    assert [r.info.status for r in _trial_runs(runs, full=True)] == ["FINISHED"]  # top_k=1, at full epochs
+    full = _trial_runs(runs, full=True)  # top_k=1 at full epochs, and the recipe's trial when it is not the best
+    assert {r.info.status for r in full} == {"FINISHED"} and 1 <= len(full) <= 2
+    assert "recipe" in {r.data.tags.get("search.enqueued") for r in full}
     assert {"search/trials.csv", "search/pareto.png", "search/best_so_far.png"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     version = client.get_model_version_by_alias("search-model", "champion")
@@ -232,3 +236,79 @@ def test_unreachable_budget_stops_before_any_training(prefect, tmp_path, capsys)
     _, runs = _runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert not _trial_runs(runs) and not [r for r in runs if r.data.tags.get("shrinkflow.stage") == "distill"]
+
+
+def _study_config(tmp_path: Path, **overrides):
+    from tasks.config import load_config
+
+    space = {"trim.keep_per_stage": {"choices": [1, 2, [1, 1, 2, 1]]}, "distill.temperature": {"low": 1.0, "high": 3.0},
+             "prune.importance": {"choices": ["l1", "taylor"]}}
+    return load_config("configs/smoke.yaml", {"output_dir": str(tmp_path), "search.space": json.dumps(space),
+                                              **overrides})
+
+
+def test_a_new_study_queues_the_recipe_once_clipped_and_a_cut_off_recipe_trial_keeps_its_mark(tmp_path):
+    """The config's own settings (smoke: one block per stage, temperature 4.0, l2 importance) as the first trial:
+    4.0 clipped to the space's 3.0, l2 (no choice) left to the sampler; opened again, the study queues nothing
+    more; the recipe trial cut off by a kill is queued again with its mark, once."""
+    from optuna.trial import TrialState
+
+    from compression.search import sample
+    from tasks.search import open_study, sampled_space, study_path
+
+    cfg, teacher, plan = _study_config(tmp_path), {"sha256": "0" * 64}, {"metric": "macs", "limit": 1e6, "widths": {}}
+    study_path(cfg, teacher, plan).parent.mkdir(parents=True)
+    study = open_study(cfg, teacher, plan)
+    [waiting] = study.get_trials(deepcopy=False)
+    assert waiting.state == TrialState.WAITING and waiting.user_attrs == {"enqueued": "recipe"}
+    assert waiting.system_attrs["fixed_params"] == {"trim.keep_per_stage": 1, "distill.temperature": 3.0}
+    assert len(open_study(cfg, teacher, plan).trials) == 1  # resumed: not queued twice
+    asked = open_study(cfg, teacher, plan).ask()  # the recipe trial runs; the search is killed
+    settings = sample(asked, sampled_space(cfg))
+    assert settings["trim.keep_per_stage"] == 1 and settings["distill.temperature"] == 3.0
+    assert asked.user_attrs["enqueued"] == "recipe"
+    for _ in range(2):  # resumed twice: the cut-off trial is queued again once, with its mark
+        trials = open_study(cfg, teacher, plan).get_trials(deepcopy=False)
+    assert [(t.state, t.user_attrs) for t in trials] == [
+        (TrialState.FAIL, {"enqueued": "recipe"}), (TrialState.WAITING, {"enqueued": "recipe", "requeued_from": 0})]
+    grid_cfg = _study_config(tmp_path, **{"search.sampler": "grid"})
+    study_path(grid_cfg, teacher, plan).parent.mkdir(parents=True)
+    grid = open_study(grid_cfg, teacher, plan)
+    assert not [t for t in grid.trials if t.user_attrs.get("enqueued")]  # the grid is the baseline as it is
+
+
+RECIPE_SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0}}
+
+
+def _trial_accuracy(runs, number: int, full: bool) -> float:
+    [run] = [r for r in _trial_runs(runs, full) if r.data.tags["shrinkflow.trial"] == str(number)]
+    return run.data.metrics["accuracy"]
+
+
+@pytest.mark.slow
+def test_the_search_starts_from_the_recipe_and_registers_a_model_at_least_as_accurate_on_val(prefect, tmp_path):
+    """smoke.yaml's own settings (one block per stage, temperature 4.0) are in the space: they are the first trial,
+    marked in the study, its MLflow run and the trials table; the recipe's trial is among those trained again at
+    full epochs, so the registered model is at least as accurate on val as the recipe at the same epochs."""
+    command = [sys.executable, "-m", "cli", "search", "configs/smoke.yaml",
+               *_settings(tmp_path, 3, **{"search.space": json.dumps(RECIPE_SPACE), "fidelity.enabled": False})]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=_env(tmp_path, prefect), capture_output=True, text=True,
+                          timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [recipe] = [t for t in _study_trials(tmp_path) if t.user_attrs.get("enqueued") == "recipe"]
+    assert (recipe.number, recipe.state.name) == (0, "COMPLETE")
+    assert recipe.params == {"trim.keep_per_stage": 1, "distill.temperature": 4.0}
+    client, runs = _runs(tmp_path)
+    tagged = [r for r in _trial_runs(runs) + _trial_runs(runs, full=True) if r.data.tags.get("search.enqueued")]
+    assert {(r.data.tags["shrinkflow.trial"], r.data.tags["search.enqueued"]) for r in tagged} == {("0", "recipe")}
+    version = client.get_model_version_by_alias("search-model", "champion")
+    registered = int(version.tags["search_trial"])
+    assert _trial_accuracy(runs, registered, full=True) >= _trial_accuracy(runs, 0, full=True)
+    assert _trial_accuracy(runs, registered, full=True) >= _trial_accuracy(runs, 0, full=False)
+    parent = next(r for r in runs if r.data.tags.get("shrinkflow.flow") == "search")
+    table = client.download_artifacts(parent.info.run_id, "search/trials.csv", str(tmp_path))
+    import pandas as pd
+
+    rows = pd.read_csv(table, keep_default_na=False)
+    assert rows.set_index("trial")["enqueued"].to_dict() == {0: "recipe", 1: "", 2: ""}
+    assert "the config's own settings (recipe): trial 0" in done.stdout
