@@ -10,6 +10,7 @@ What lives here, free of any sampler, scheduler or tracker (the Optuna trial is 
   `smallest_ratio_within` bisects the least pruning that meets the budget, so every trial is within it;
 - the recipe: `recipe_point` places the config's own settings in the space (the search's first trial), and
   `finalists` keeps that trial among the ones trained again at full epochs;
+- fidelity: `trial_step` places each epoch a trial trains on the schedule a pruner compares trials on;
 - picking and reporting over trial dicts: `is_feasible`, `pick`, `best_so_far`, `pareto_front`.
 
 Latency is measured, not structural: a latency budget is checked on the trained trial, never constructed.
@@ -514,6 +515,24 @@ def finalists(ranked: list[dict], top_k: int) -> list[dict]:
         raise CompressionError(f"top_k must be at least 1 to train trials again, got {top_k}")
     recipe = [t for t in ranked[top_k:] if t.get("enqueued") == RECIPE]
     return ranked[:top_k] + recipe[:1]
+
+
+def trial_step(stage: str, part: int, epoch: int, distill_epochs: int, recovery_epochs: int) -> int | None:
+    """Where epoch `epoch` (1-based, as fit's rows count) of training `part` of `stage` falls in a trial: its
+    epochs in the order it trains them, distillation first, then the recovery after each prune step (part 1,
+    2, ...): the resource a pruner compares trials at. Computed from the schedule rather than counted, so that
+    a stage that came from the cache (it trains nothing) or resumed from a checkpoint leaves the later epochs
+    in their place. None for a training that is not part of a trial's schedule."""
+    if stage == "distill" and part == 0:
+        return epoch
+    if stage == "prune" and part >= 1:
+        return distill_epochs + (part - 1) * recovery_epochs + epoch
+    return None
+
+
+def trial_length(distill_epochs: int, prune_steps: int, recovery_epochs: int) -> int:
+    """A trial's epochs in all (prune_steps 0: a trial that does not prune): the last step trial_step gives."""
+    return distill_epochs + prune_steps * recovery_epochs
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

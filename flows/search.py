@@ -24,6 +24,7 @@ from prefect_dask import DaskTaskRunner
 
 from compression import CompressionError, first_line
 from compression import search as policy
+from compression.errors import TrialPruned
 from compression.selection import pick_within_gates
 from flows.chain import Made, compress_teacher, prepare_teacher
 from flows.pipeline import StageRunner, tracked_pipeline
@@ -35,6 +36,7 @@ from tasks.search import (
     finished,
     measure_trial,
     plan_search,
+    pruned_outcome,
     record,
     sampled_space,
     search_report,
@@ -43,6 +45,7 @@ from tasks.search import (
     target_trials,
     trial_config,
     trial_overrides,
+    trial_pruning,
     trial_run,
 )
 from tasks.tracking import fail_orphaned_runs
@@ -53,19 +56,24 @@ log = logging.getLogger("shrinkflow")
 @task(name="trial", cache_policy=None, persist_result=False)
 def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, number: int, settings: dict,
           full: bool = False, enqueued: str | None = None) -> dict:
-    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread."""
+    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread; its outcome, also
+    when its pruner stopped it (its runs end KILLED, tagged search.state PRUNED)."""
     torch.set_num_threads(1)
-    with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full, enqueued) as (trial_ctx, handle):
-        overrides = trial_overrides(cfg, settings, plan, full)
-        handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
-        trial_cfg = trial_config(cfg, overrides)
-        # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
-        made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
-        # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
-        if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
-            raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
-                                   "model would be over the size budget")
-        return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
+    try:
+        with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full, enqueued) as (trial_ctx, handle):
+            overrides = trial_overrides(cfg, settings, plan, full)
+            handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
+            trial_cfg = trial_config(cfg, overrides)
+            # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
+            with trial_pruning(cfg, trial_cfg, teacher, plan, number, full, enqueued):
+                made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
+            # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
+            if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
+                raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
+                                       "model would be over the size budget")
+            return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
+    except TrialPruned as stop:
+        return pruned_outcome(number, settings, stop)
 
 
 def _outcome(future, number: int, settings: dict, enqueued: str | None) -> dict:
@@ -75,6 +83,14 @@ def _outcome(future, number: int, settings: dict, enqueued: str | None) -> dict:
         log.warning("[search] trial %d failed: %s", number, first_line(exc))
         outcome = failed_outcome(number, settings, exc)
     return {**outcome, "enqueued": enqueued} if enqueued else outcome
+
+
+def _outcome_detail(outcome: dict) -> str:
+    if outcome["state"] == "COMPLETE":
+        return f": val accuracy {outcome['accuracy']:.4f}"
+    if outcome["state"] == "PRUNED":
+        return f" after epoch {outcome['stopped_at_epoch']} at val accuracy {outcome['accuracy_at_stop']:.4f}"
+    return ""
 
 
 def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, study) -> list[dict]:
@@ -96,7 +112,7 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
         record(study, asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
         done += 1
         log.info("[search] trial %d %s (%d/%d)%s", asked.number, outcome["state"].lower(), done, target,
-                 f": val accuracy {outcome['accuracy']:.4f}" if outcome["state"] == "COMPLETE" else "")
+                 _outcome_detail(outcome))
     return finished(study)
 
 

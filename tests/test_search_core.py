@@ -172,6 +172,16 @@ def test_finalists_keep_the_recipe_trial_when_it_ranks_below_top_k():
         search.finalists(ranked, 0)
 
 
+def test_trial_steps_follow_the_schedule_whatever_trained_before():
+    # 2 distillation epochs, then 3 prune steps of 2 recovery epochs each: steps 1..8
+    steps = [search.trial_step("distill", 0, e, 2, 2) for e in (1, 2)]
+    steps += [search.trial_step("prune", part, e, 2, 2) for part in (1, 2, 3) for e in (1, 2)]
+    assert steps == list(range(1, 9)) and search.trial_length(2, 3, 2) == 8
+    assert search.trial_step("prune", 2, 1, 2, 2) == 5  # distillation from the cache: step 2's epochs stay put
+    assert search.trial_step("finetune", 0, 1, 2, 2) is None and search.trial_step("distill", 1, 1, 2, 2) is None
+    assert search.trial_length(3, 0, 2) == 3  # a trial that does not prune
+
+
 # ---------------------------------------------------------------- width by construction
 
 def test_smallest_ratio_within_bisects_a_monotone_cost_with_few_calls():
