@@ -235,11 +235,12 @@ class _EpochReporter:
     def __init__(self, cfg: PipelineConfig, trial_cfg: PipelineConfig, path: Path, number: int,
                  prunable: bool) -> None:
         self.cfg, self.path, self.number, self.prunable, self.trial = cfg, path, number, prunable, None
+        self.storage: optuna.storages.RDBStorage | None = None
         self.distill, self.recovery = trial_cfg.distill.train.epochs, trial_cfg.prune.train.epochs
         self.last = _trial_length(self.distill, trial_cfg.prune, self.recovery)
 
     def _open(self) -> optuna.trial.Trial:
-        storage = study_storage(self.path)
+        self.storage = storage = study_storage(self.path)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=make_pruner(self.cfg),
                                   sampler=optuna.samplers.RandomSampler())  # the flow samples; this only reports
         study_id = storage.get_study_id_from_name(STUDY_NAME)
@@ -265,6 +266,11 @@ class _EpochReporter:
         if stop:
             raise TrialPruned(step, float(value))
 
+    def close(self) -> None:
+        """The study's connections closed: a Dask worker outlives its trials."""
+        if self.storage is not None:
+            self.storage.engine.dispose()
+
 
 @contextmanager
 def trial_pruning(cfg: PipelineConfig, trial_cfg: PipelineConfig, teacher: ModelRef, plan: dict, number: int,
@@ -282,6 +288,7 @@ def trial_pruning(cfg: PipelineConfig, trial_cfg: PipelineConfig, teacher: Model
         yield
     finally:
         EPOCH_OBSERVER.reset(token)
+        reporter.close()
 
 
 def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, settings: dict,

@@ -343,7 +343,8 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     from optuna.trial import TrialState
 
     from compression.errors import TrialPruned
-    from tasks.search import _EpochReporter, open_study, pruned_outcome, record, study_path, trial_config
+    from tasks.search import _EpochReporter, open_study, pruned_outcome, record, study_path, trial_config, trial_pruning
+    from tasks.training import EPOCH_OBSERVER
 
     cfg, teacher, plan = _study_config(tmp_path), {"sha256": "0" * 64}, {"metric": "macs", "limit": 1e6, "widths": {}}
     trial_cfg = trial_config(cfg, {"distill.train.epochs": 1, "prune.train.epochs": 1, "prune.iterative_steps": 1})
@@ -372,6 +373,12 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     _EpochReporter(cfg, trial_cfg, tmp_path / "gone" / "study.db", 3, True)("distill", 0, {"epoch": 1, "val_acc": 0.0})
     # where the shrinkflow logger writes depends on what configured logging before (the CLI, Prefect, pytest)
     assert "trial 3 cannot report to its study, it runs to its end" in caplog.text + capfd.readouterr().err
+    fifth = study.ask().number
+    with trial_pruning(cfg, trial_cfg, teacher, plan, fifth, full=False, enqueued=None):  # around a trial's stages
+        EPOCH_OBSERVER.get()("distill", 0, {"epoch": 1, "val_acc": 0.95})
+    with trial_pruning(cfg, trial_cfg, teacher, plan, 1, full=True, enqueued=None):  # a re-training: no trial
+        assert EPOCH_OBSERVER.get() is None
+    assert EPOCH_OBSERVER.get() is None and study.get_trials(deepcopy=False)[fifth].intermediate_values == {1: 0.95}
 
 
 BAD_LR_SPACE = {"distill.train.lr": SPACE["distill.train.lr"]}
