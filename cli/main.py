@@ -179,11 +179,18 @@ def _amount(value: float) -> str:
 def _print_search(result: dict) -> None:
     plan, trials = result["plan"], result["trials"]
     completed = [t for t in trials if t["state"] == "COMPLETE"]
+    pruned = sum(t["state"] == "PRUNED" for t in trials)
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
     print(f"budget: {plan['metric']} <= {_amount(plan['limit'])} (teacher {_amount(plan['teacher'][plan['metric']])}); "
-          f"{len(completed)} trials completed, {len(trials) - len(completed)} failed; "
+          f"{len(completed)} trials completed, {pruned} pruned, {len(trials) - len(completed) - pruned} failed; "
           f"{len(result['finalists'])} trained again at full epochs")
     print("\n" + result["markdown"] + "\n")
+    from compression.search import RECIPE  # torch is loaded by now: the search ran in this process
+
+    recipe = next((t for t in trials if t.get("enqueued") == RECIPE and t["state"] == "COMPLETE"), None)
+    if recipe:
+        print(f"the config's own settings (recipe): trial {recipe['number']}, val accuracy {recipe['accuracy']:.4f} "
+              "at the trials' epochs")
     if result.get("registered"):
         reg = result["registered"]
         print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, test accuracy "
@@ -219,7 +226,7 @@ def _runs_frame(runs):
              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
     frame = pd.DataFrame(rows)
     for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "tags.shrinkflow.trial",
-                   "tags.shrinkflow.study", "tags.error"):
+                   "tags.shrinkflow.study", "tags.error", "tags.search.enqueued", "tags.search.state"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -241,8 +248,11 @@ def _trials_table(runs):
     measured = [c for c in ("metrics.accuracy", "metrics.macs", "metrics.params", "metrics.size_bytes")
                 if c in runs.columns]
     # The number from the run's tags: a run cut off by a kill can lack its params, never its tags.
-    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", *settings, *measured, "tags.error",
-                  "run_id"]].rename(columns={"tags.shrinkflow.trial": "trial"})
+    # status KILLED with search.state PRUNED: the pruner stopped the trial (MLflow has no pruned status).
+    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", "tags.search.state",
+                  "tags.search.enqueued", *settings, *measured, "tags.error", "run_id"]].rename(
+        columns={"tags.shrinkflow.trial": "trial", "tags.search.state": "search_state",
+                 "tags.search.enqueued": "enqueued"})
     table = table.iloc[::-1]  # oldest first within a trial (runs come newest first)
     return table.assign(order=table["trial"].astype(int)).sort_values("order", kind="stable").drop(columns="order")
 

@@ -18,6 +18,23 @@ BAD_INPUT = frozenset({"ConfigError", "CompressionError", "NotFoundError", "Para
                        "FileExistsError"})
 # Bad input that may be a moment's trouble rather than a mistake.
 TRANSIENT = frozenset({"ConnectionError", "TimeoutError"})
+# Not failures: work stopped on purpose, which a retry would only start again.
+STOPPED = frozenset({"TrialPruned"})
+
+
+class TrialPruned(Exception):
+    """A search trial stopped by its pruner after `step` epochs at val accuracy `value`: not a failure.
+
+    Raised from a training's epoch callback; the layers above end the trial's runs as stopped (MLflow KILLED,
+    tag search.state PRUNED) and tell the study PRUNED. Its args are (step, value), so it pickles across
+    processes (a Dask worker to the flow) as it is."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(step, value)
+        self.step, self.value = step, value
+
+    def __str__(self) -> str:
+        return f"pruned after epoch {self.step} at val accuracy {self.value:.4f}"
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -30,9 +47,11 @@ def is_bad_input(exc: BaseException) -> bool:
 
 
 def retry_may_fix(exc: BaseException) -> bool:
-    """Whether a task should try again: transient failures and unexpected ones, never bad input or a
-    ValueError (the same inputs give the same answer)."""
+    """Whether a task should try again: transient failures and unexpected ones, never bad input, a
+    ValueError (the same inputs give the same answer) or work stopped on purpose."""
     names = _names(exc)
+    if names & STOPPED:
+        return False
     if names & TRANSIENT:
         return True
     return not (names & BAD_INPUT or isinstance(exc, ValueError))

@@ -8,6 +8,9 @@ What lives here, free of any sampler, scheduler or tracker (the Optuna trial is 
 - width by construction: `structural_cost` is what a trial's final model will cost on MACs, params or file
   size, computed from the teacher without training (trim and prune as the stages do, then measure), and
   `smallest_ratio_within` bisects the least pruning that meets the budget, so every trial is within it;
+- the recipe: `recipe_point` places the config's own settings in the space (the search's first trial), and
+  `finalists` keeps that trial among the ones trained again at full epochs;
+- fidelity: `trial_step` places each epoch a trial trains on the schedule a pruner compares trials on;
 - picking and reporting over trial dicts: `is_feasible`, `pick`, `best_so_far`, `pareto_front`.
 
 Latency is measured, not structural: a latency budget is checked on the trained trial, never constructed.
@@ -235,6 +238,62 @@ def grid_space(space: Space, points: int) -> dict[str, list]:
             for key, knob in space.items()}
 
 
+# ---------------------------------------------------------------- the recipe: the config's own settings
+
+# The mark of a trial enqueued with the config's own settings (an Optuna user attr, an MLflow tag, a column).
+RECIPE = "recipe"
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _choice_index(value, values: tuple) -> int | None:
+    """The choice `value` is (bools only match bools: True == 1 in Python, not in a config), else for a number
+    the nearest of the choices that are numbers (ties: the earlier), else None."""
+    for index, choice in enumerate(values):
+        try:
+            same = _encode(value) == _encode(choice)
+        except TypeError:
+            same = False
+        if same and isinstance(value, bool) == isinstance(choice, bool):
+            return index
+    numeric = [i for i, v in enumerate(values) if _real(v)]
+    if _real(value) and numeric:
+        return min(numeric, key=lambda i: (abs(values[i] - value), i))
+    return None
+
+
+def recipe_point(space: Space, recipe: dict) -> tuple[dict, dict[str, str]]:
+    """The config's own settings (`recipe`, keyed like the space) as a point of the space in the form the
+    sampler sees (list choices as the JSON text `sample` gives it), and a note for each knob it moved.
+
+    A range clips the value to [low, high]; a choice list takes the value itself or, for a number, the
+    nearest choice that is a number; a value no choice stands for (a list or a string that is not one) is left
+    out, and so is a knob the recipe lacks: the sampler picks those. A point with nothing in it is empty."""
+    point, notes = {}, {}
+    for key, knob in space.items():
+        if key not in recipe:
+            continue
+        value = recipe[key]
+        if isinstance(knob, FloatRange):
+            if not _real(value):
+                notes[key] = f"{value!r} is not a number: left to the sampler"
+                continue
+            point[key] = min(max(float(value), float(knob.low)), float(knob.high))
+            if point[key] != value:
+                notes[key] = f"{value!r} is outside [{knob.low}, {knob.high}]: clipped to {point[key]!r}"
+            continue
+        index = _choice_index(value, knob.values)
+        if index is None:
+            notes[key] = f"{value!r} is not one of the choices: left to the sampler"
+            continue
+        point[key] = _encoded(key, knob)[index]
+        if knob.values[index] != value or isinstance(value, bool) != isinstance(knob.values[index], bool):
+            notes[key] = f"{value!r} is not one of the choices: the nearest, {knob.values[index]!r}"
+    return point, notes
+
+
 # ---------------------------------------------------------------- width by construction
 
 def smallest_ratio_within(cost: Callable[[float], float], limit: float, low: float, high: float,
@@ -444,6 +503,35 @@ def rank_for_retraining(trials: list[dict], metric: str, limit: float, teacher_a
         return sorted(completed, key=lambda t: (not within_drop(t["accuracy"], teacher_accuracy, max_drop), t["macs"]))
     return sorted(completed, key=lambda t: (not is_feasible(t, metric, limit, teacher_accuracy, max_drop),
                                             -t["accuracy"]))
+
+
+def finalists(ranked: list[dict], top_k: int) -> list[dict]:
+    """The trials trained again at full epochs, from rank_for_retraining's order: the first `top_k`, and the
+    recipe's trial (marked RECIPE) when it completed but ranked lower. The pick then meets the config's own
+    settings at full epochs too, and registers a model at least as accurate on val as the recipe's unless
+    the budget or the gates preferred another."""
+    if top_k < 1:
+        raise CompressionError(f"top_k must be at least 1 to train trials again, got {top_k}")
+    recipe = [t for t in ranked[top_k:] if t.get("enqueued") == RECIPE]
+    return ranked[:top_k] + recipe[:1]
+
+
+def trial_step(stage: str, part: int, epoch: int, distill_epochs: int, recovery_epochs: int) -> int | None:
+    """Where epoch `epoch` (1-based, as fit's rows count) of training `part` of `stage` falls in a trial: its
+    epochs in the order it trains them, distillation first, then the recovery after each prune step (part 1,
+    2, ...): the resource a pruner compares trials at. Computed from the schedule rather than counted, so that
+    a stage that came from the cache (it trains nothing) or resumed from a checkpoint leaves the later epochs
+    in their place. None for a training that is not part of a trial's schedule."""
+    if stage == "distill" and part == 0:
+        return epoch
+    if stage == "prune" and part >= 1:
+        return distill_epochs + (part - 1) * recovery_epochs + epoch
+    return None
+
+
+def trial_length(distill_epochs: int, prune_steps: int, recovery_epochs: int) -> int:
+    """A trial's epochs in all (prune_steps 0: a trial that does not prune): the last step trial_step gives."""
+    return distill_epochs + prune_steps * recovery_epochs
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -24,6 +24,7 @@ from prefect_dask import DaskTaskRunner
 
 from compression import CompressionError, first_line
 from compression import search as policy
+from compression.errors import TrialPruned
 from compression.selection import pick_within_gates
 from flows.chain import Made, compress_teacher, prepare_teacher
 from flows.pipeline import StageRunner, tracked_pipeline
@@ -35,6 +36,7 @@ from tasks.search import (
     finished,
     measure_trial,
     plan_search,
+    pruned_outcome,
     record,
     sampled_space,
     search_report,
@@ -43,6 +45,7 @@ from tasks.search import (
     target_trials,
     trial_config,
     trial_overrides,
+    trial_pruning,
     trial_run,
 )
 from tasks.tracking import fail_orphaned_runs
@@ -52,28 +55,42 @@ log = logging.getLogger("shrinkflow")
 
 @task(name="trial", cache_policy=None, persist_result=False)
 def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, number: int, settings: dict,
-          full: bool = False) -> dict:
-    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread."""
+          full: bool = False, enqueued: str | None = None) -> dict:
+    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread; its outcome, also
+    when its pruner stopped it (its runs end KILLED, tagged search.state PRUNED)."""
     torch.set_num_threads(1)
-    with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full) as (trial_ctx, handle):
-        overrides = trial_overrides(cfg, settings, plan, full)
-        handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
-        trial_cfg = trial_config(cfg, overrides)
-        # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
-        made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
-        # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
-        if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
-            raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
-                                   "model would be over the size budget")
-        return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
-
-
-def _outcome(future, number: int, settings: dict) -> dict:
     try:
-        return future.result()
+        with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full, enqueued) as (trial_ctx, handle):
+            overrides = trial_overrides(cfg, settings, plan, full)
+            handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
+            trial_cfg = trial_config(cfg, overrides)
+            # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
+            with trial_pruning(cfg, trial_cfg, teacher, plan, number, full, enqueued):
+                made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
+            # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
+            if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
+                raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
+                                       "model would be over the size budget")
+            return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
+    except TrialPruned as stop:
+        return pruned_outcome(number, settings, stop)
+
+
+def _outcome(future, number: int, settings: dict, enqueued: str | None) -> dict:
+    try:
+        outcome = future.result()
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
         log.warning("[search] trial %d failed: %s", number, first_line(exc))
-        return failed_outcome(number, settings, exc)
+        outcome = failed_outcome(number, settings, exc)
+    return {**outcome, "enqueued": enqueued} if enqueued else outcome
+
+
+def _outcome_detail(outcome: dict) -> str:
+    if outcome["state"] == "COMPLETE":
+        return f": val accuracy {outcome['accuracy']:.4f}"
+    if outcome["state"] == "PRUNED":
+        return f" after epoch {outcome['stopped_at_epoch']} at val accuracy {outcome['accuracy_at_stop']:.4f}"
+    return ""
 
 
 def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, study) -> list[dict]:
@@ -86,27 +103,30 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
     while done + len(in_flight) < target or in_flight:
         while len(in_flight) < cfg.search.parallel and done + len(in_flight) < target:
             asked = study.ask()
-            settings = policy.sample(asked, space)
-            in_flight[trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings)] = (asked, settings)
+            settings, enqueued = policy.sample(asked, space), asked.user_attrs.get("enqueued")
+            future = trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings, enqueued=enqueued)
+            in_flight[future] = (asked, settings, enqueued)
         future = next(as_completed(list(in_flight)))
-        asked, settings = in_flight.pop(future)
-        outcome = _outcome(future, asked.number, settings)
+        asked, settings, enqueued = in_flight.pop(future)
+        outcome = _outcome(future, asked.number, settings, enqueued)
         record(study, asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
         done += 1
         log.info("[search] trial %d %s (%d/%d)%s", asked.number, outcome["state"].lower(), done, target,
-                 f": val accuracy {outcome['accuracy']:.4f}" if outcome["state"] == "COMPLETE" else "")
+                 _outcome_detail(outcome))
     return finished(study)
 
 
 def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
-    """The top_k trials (feasible first, then by accuracy) trained again at the config's full epochs."""
+    """The top_k trials (feasible first, then by accuracy), and the recipe's trial, trained again at the
+    config's full epochs."""
     ranked = policy.rank_for_retraining(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
                                         cfg.search.budget.max_accuracy_drop)
     if cfg.search.top_k == 0:
         return ranked[:1]
-    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True): t
-               for t in ranked[:cfg.search.top_k]}
-    outcomes = [_outcome(f, t["number"], t["settings"]) for f, t in futures.items()]
+    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True,
+                            enqueued=t.get("enqueued")): t
+               for t in policy.finalists(ranked, cfg.search.top_k)}
+    outcomes = [_outcome(f, t["number"], t["settings"], t.get("enqueued")) for f, t in futures.items()]
     return [o for o in outcomes if o["state"] == "COMPLETE"]
 
 
@@ -158,7 +178,8 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
     if best is None:
         return None
     tags = {"search_run_id": parent_run_id, "search_trial": str(best["number"]),
-            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}"}
+            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}",
+            **({"search_enqueued": best["enqueued"]} if best.get("enqueued") else {})}
     return {"candidate": f"trial-{best['number']}", "alias": alias, "tags": tags}
 
 

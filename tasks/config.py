@@ -337,7 +337,7 @@ class TrackingConfig(Section):
 
 # What a search may vary (issue: depth, width, importance, KD temperature and weight, int8 on/off).
 SEARCH_KNOBS = ("trim.keep_per_stage", "prune.ratio", "prune.importance", "distill.temperature", "distill.alpha",
-                "quantize.enabled")
+                "distill.train.lr", "quantize.enabled")
 CHOICE_KNOBS = ("trim.keep_per_stage", "prune.importance", "quantize.enabled")
 SHARE_PATTERN = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 
@@ -408,6 +408,9 @@ class SearchConfig(Section):
         "tpe", description="tpe: Optuna's TPE; grid: the grid's points in a seeded random order, at most `trials` "
                            "of them (all with trials >= the grid's size)")
     grid_points: int = Field(3, ge=2, description="values per float range of the grid sampler")
+    pruner: Literal["none", "successive_halving", "hyperband"] = Field(
+        "successive_halving", description="Optuna's pruner, stopping trials whose val accuracy per epoch is "
+                                          "behind the others' at the same epoch; none: every trial runs to its end")
     dask_address: str | None = Field(None, description="tcp://host:8786 of an existing Dask scheduler")
 
     @field_validator("space")
@@ -419,6 +422,16 @@ class SearchConfig(Section):
         if unknown:
             raise ValueError(f"{unknown[0]} cannot be searched; use {', '.join(SEARCH_KNOBS)}")
         return value
+
+
+def _with_setting(data: dict, dotted: str, value) -> dict:
+    """`data` (a section's settings) with the setting at `dotted` ("train.lr") set to `value`, as it is."""
+    *path, leaf = dotted.split(".")
+    node = data
+    for part in path:
+        node = node[part]
+    node[leaf] = value
+    return data
 
 
 # `register` is a stage name; pydantic warns that it hides the metaclass's ABC `register` method.
@@ -459,7 +472,7 @@ class PipelineConfig(Section):
             for value in knob.choices if knob.choices is not None else [knob.low, knob.high]:
                 current = getattr(self, section)
                 try:
-                    type(current).model_validate({**current.model_dump(), field: value})
+                    type(current).model_validate(_with_setting(current.model_dump(), field, value))
                 except ValidationError as err:
                     raise ValueError(f"search.space.{key}: {value!r}: "
                                      f"{err.errors()[0]['msg'].removeprefix('Value error, ')}") from None

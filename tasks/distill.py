@@ -64,7 +64,7 @@ def distill(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: dict,
     if settings.baseline:
         plain_student = copy.deepcopy(init)
         plain = fit_logged(run, plain_student, bundle, settings.train, workdir / "checkpoints-baseline",
-                           "distill-baseline", prefix="baseline.", distributed=cfg.distributed)
+                           "distill-baseline", prefix="baseline.", distributed=cfg.distributed, part=None)
         histories["student without KD"] = plain.history
         baseline_ref = save_candidate(run, plain_student, workdir, STUDENT_PLAIN, bundle,
                                             val_accuracy=plain.best_val_accuracy)

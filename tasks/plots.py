@@ -112,9 +112,9 @@ def search_pareto(trials: list[dict], plan: dict, max_drop: float):
         ax.scatter([t[metric] for t in feasible], [t["accuracy"] for t in feasible], s=40, label="feasible")
         best = max(feasible, key=lambda t: t["accuracy"])
         ax.scatter([best[metric]], [best["accuracy"]], s=140, facecolors="none", edgecolors="red", label="best")
-    for t in done:
-        ax.annotate(str(t["number"]), (t[metric], t["accuracy"]), textcoords="offset points", xytext=(3, 3),
-                    fontsize=7)
+    for t in done:  # the trial of the config's own settings says so: the point the search has to beat
+        label = f"{t['number']} ({t['enqueued']})" if t.get("enqueued") else str(t["number"])
+        ax.annotate(label, (t[metric], t["accuracy"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.axvline(limit, color="red", ls="--", lw=1, label=f"budget {limit:,.0f}")
     ax.axhline(teacher - max_drop, color="grey", ls=":", lw=1, label="teacher - max drop")
     ax.set(xlabel=metric, ylabel="val accuracy", title=f"search trials: accuracy vs {metric}")

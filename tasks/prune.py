@@ -39,7 +39,8 @@ def prune(cfg: PipelineConfig, ctx, run, workdir, data: dict, student: dict, tea
                 fit_result = fit_logged(run, pruned, bundle, settings.train, workdir / f"checkpoints-step{step + 1}",
                                         f"prune step {step + 1}/{settings.iterative_steps}", prefix=f"step{step + 1}.",
                                         plan=plan, teacher=teacher if settings.kd else None,
-                                        split="transfer" if settings.kd else "train", distributed=cfg.distributed)
+                                        split="transfer" if settings.kd else "train", distributed=cfg.distributed,
+                                        part=step + 1)
                 histories[f"after step {step + 1}"] = fit_result.history
 
         gradient_batches = None

@@ -2,12 +2,16 @@
 MLflow run and measurements, and the search report on the pipeline run.
 
 The study lives in `<output_dir>/search/<key>/study.db` (SQLite), next to the stage outputs the trials
-write, and only the flow process touches it: a search that was killed finds its finished trials there.
+write: a search that was killed finds its finished and pruned trials there. The flow process asks and tells
+it; with a pruner, each trial's worker also opens it, to report the trial's val accuracy per epoch and ask
+the pruner whether to go on (`trial_pruning`): Optuna's own pruners read every trial's reports from the
+storage, which is how Optuna spreads one study over processes.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -24,6 +28,7 @@ from prefect.artifacts import create_table_artifact
 
 from compression import CompressionError, first_line
 from compression import search as policy
+from compression.errors import TrialPruned
 from compression.measure import count_macs, count_nonzero_params, cpu_latency, evaluate_classifier, file_size
 from compression.models import example_input, input_channels
 from tasks import plots
@@ -31,7 +36,7 @@ from tasks.config import PipelineConfig, apply_overrides, config_from_dict
 from tasks.data import get_bundle
 from tasks.stage import ModelRef, output_root, stage_task
 from tasks.tracking import RunContext, StageRun, stage_run
-from tasks.training import load
+from tasks.training import EPOCH_OBSERVER, load
 
 log = logging.getLogger("shrinkflow")
 
@@ -161,23 +166,129 @@ def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool)
     return overrides
 
 
+def recipe_settings(cfg: PipelineConfig) -> dict:
+    """The config's own value of every knob of the space (trim.keep_per_stage: None when trimming is off, as
+    the trials read it)."""
+    values = {}
+    for key in cfg.search.space:
+        if key == "trim.keep_per_stage":
+            values[key] = cfg.trim.keep_per_stage if cfg.trim.enabled else None
+        else:
+            values[key] = functools.reduce(getattr, key.split("."), cfg)
+    return values
+
+
 def trial_config(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
     return config_from_dict(apply_overrides(cfg.model_dump(mode="json"), dict(overrides)), "search trial")
 
 
 @contextmanager
-def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool):
+def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool, enqueued: str | None = None):
     """The trial's MLflow run under the search's pipeline run, tagged with its study (a search resumed after a
-    stop lists the trials of the earlier one by it); FAILED with the error as a tag if it raises."""
+    stop lists the trials of the earlier one by it) and, for a trial the search enqueued itself, with why
+    (`search.enqueued`: recipe); FAILED with the error as a tag if it raises."""
     with stage_run(ctx, "trial-full" if full else "trial") as run:
         run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.study": study, "shrinkflow.trial": str(number),
-                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}"})
+                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}",
+                      **({"search.enqueued": enqueued} if enqueued else {})})
         run.log_params({"trial": number, "full_fidelity": full, **settings})
         try:
             yield RunContext(ctx.tracking_uri, ctx.experiment_id, run.run_id), run
+        except TrialPruned:  # not an error: the run ends KILLED, tagged search.state PRUNED (tasks/tracking.py)
+            raise
         except Exception as exc:
             run.set_tags({"error": f"{type(exc).__name__}: {first_line(exc)}"[:500]})
             raise
+
+
+# Successive halving's rate: at each rung about a third of the trials that reach it go on. Rungs start at a
+# trial's first epoch and are reduction_factor times apart (epochs 1, 3, 9, ...).
+REDUCTION_FACTOR = 3
+
+
+def make_pruner(cfg: PipelineConfig) -> optuna.pruners.BasePruner:
+    """Optuna's pruner `search.pruner` names, on the trials' epochs (compression.search.trial_step). The
+    resources are fixed rather than Optuna's "auto", which waits for a first completed trial before it
+    prunes anything: a small search would run most of its trials to the end."""
+    if cfg.search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=REDUCTION_FACTOR)
+    if cfg.search.pruner == "hyperband":  # its brackets are laid out over the longest trial's epochs
+        length = _trial_length(cfg.search.trial_epochs, cfg.prune, min(cfg.search.trial_epochs, cfg.prune.train.epochs))
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(length, 2),
+                                              reduction_factor=REDUCTION_FACTOR)
+    return optuna.pruners.NopPruner()
+
+
+def _trial_length(distill_epochs: int, prune, recovery_epochs: int) -> int:
+    return policy.trial_length(distill_epochs, prune.iterative_steps if prune.enabled else 0, recovery_epochs)
+
+
+class _EpochReporter:
+    """An EPOCH_OBSERVER in a trial's worker: the val accuracy of each epoch reported to the study at the
+    trial's step, and TrialPruned raised when the pruner says the trial is behind. Never at the trial's last
+    epoch (stopping then saves nothing and throws its result away), nor for a trial that is not `prunable`
+    (the recipe's: it reports, so the others are measured against it, and always runs to its end, so the
+    search keeps its promise to match it). The study is opened at the first epoch (a trial whose stages all
+    come from the cache trains nothing); one that cannot be reached leaves the trial to run to its end, with
+    a warning (the pruner saves time, a trial does not need it)."""
+
+    def __init__(self, cfg: PipelineConfig, trial_cfg: PipelineConfig, path: Path, number: int,
+                 prunable: bool) -> None:
+        self.cfg, self.path, self.number, self.prunable, self.trial = cfg, path, number, prunable, None
+        self.storage: optuna.storages.RDBStorage | None = None
+        self.distill, self.recovery = trial_cfg.distill.train.epochs, trial_cfg.prune.train.epochs
+        self.last = _trial_length(self.distill, trial_cfg.prune, self.recovery)
+
+    def _open(self) -> optuna.trial.Trial:
+        self.storage = storage = study_storage(self.path)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=make_pruner(self.cfg),
+                                  sampler=optuna.samplers.RandomSampler())  # the flow samples; this only reports
+        study_id = storage.get_study_id_from_name(STUDY_NAME)
+        return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, self.number))
+
+    def __call__(self, stage: str, part: int, row: dict) -> None:
+        step = policy.trial_step(stage, part, row["epoch"], self.distill, self.recovery)
+        value = row.get("val_accuracy")
+        if step is None or value is None or self.trial is False:
+            return
+        try:
+            if self.trial is None:
+                self.trial = self._open()
+            self.trial.report(float(value), step)
+            # Asked for the recipe's trial too: the pruner records its value at each rung it reaches, the bar
+            # the others are held to; only the answer is ignored.
+            stop = step < self.last and self.trial.should_prune() and self.prunable
+        except Exception as exc:  # noqa: BLE001 - any storage error: the trial goes on, unpruned
+            log.warning("[search] trial %d cannot report to its study, it runs to its end: %s", self.number,
+                        first_line(exc))
+            self.trial = False
+            return
+        if stop:
+            raise TrialPruned(step, float(value))
+
+    def close(self) -> None:
+        """The study's connections closed: a Dask worker outlives its trials."""
+        if self.storage is not None:
+            self.storage.engine.dispose()
+
+
+@contextmanager
+def trial_pruning(cfg: PipelineConfig, trial_cfg: PipelineConfig, teacher: ModelRef, plan: dict, number: int,
+                  full: bool, enqueued: str | None):
+    """Around a trial's stages in its worker: its epochs reported to the study and the trial stopped when
+    the pruner says so, unless it is the recipe's (nothing with `search.pruner: none`, nor for a re-training
+    at full epochs, which is no trial of the study)."""
+    if full or cfg.search.pruner == "none":
+        yield
+        return
+    reporter = _EpochReporter(cfg, trial_cfg, study_path(cfg, teacher, plan), number,
+                              prunable=enqueued != policy.RECIPE)
+    token = EPOCH_OBSERVER.set(reporter)
+    try:
+        yield
+    finally:
+        EPOCH_OBSERVER.reset(token)
+        reporter.close()
 
 
 def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, settings: dict,
@@ -208,6 +319,15 @@ def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
     return output_root(cfg) / "search" / study_key(cfg, teacher, plan) / "study.db"
 
 
+STUDY_NAME = "search"
+
+
+def study_storage(path: Path) -> optuna.storages.RDBStorage:
+    """The study's SQLite file, as the flow and the trials' workers open it: writers wait for each other's
+    short transactions (each trial's report per epoch, the flow's ask and tell) rather than fail at once."""
+    return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 def _sampler(cfg: PipelineConfig, seed: int) -> optuna.samplers.BaseSampler:
     if cfg.search.sampler == "grid":  # the grid's points are queued (see _queue_grid) and asked first
         return optuna.samplers.RandomSampler(seed=seed)
@@ -227,20 +347,38 @@ def _queue_grid(study: optuna.Study, cfg: PipelineConfig) -> None:
         study.enqueue_trial(point)
 
 
+def _enqueue_recipe(study: optuna.Study, cfg: PipelineConfig) -> None:
+    """The config's own settings, clipped to the space, as the first trial: the search then knows how the
+    hand-set recipe does at its fidelity, and its pick can only match or beat it. (Under a structural budget
+    the recipe's prune ratio is not a knob: it gets the width the budget allows, as every trial does.)"""
+    space = sampled_space(cfg)
+    point, notes = policy.recipe_point(space, recipe_settings(cfg))
+    for key, note in notes.items():
+        log.info("[search] the recipe's %s: %s", key, note)
+    if not point:
+        log.info("[search] no setting of the config is a point of the search space: no recipe trial")
+        return
+    study.enqueue_trial(point, user_attrs={"enqueued": policy.RECIPE})
+
+
 def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Study:
     """The study (created, or loaded when a search with the same identity ran before), its orphaned trials
-    (left RUNNING by a killed search) failed and queued again with the same settings."""
+    (left RUNNING by a killed search) failed and queued again with the same settings and marks. What a new
+    study runs first is queued once, when it has no trials: the grid's points, or the recipe."""
     path = study_path(cfg, teacher, plan)
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
     sampler = _sampler(cfg, seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="search", direction="maximize",
+    study = optuna.create_study(storage=study_storage(path), study_name=STUDY_NAME, direction="maximize",
                                 sampler=sampler, load_if_exists=True)
-    if cfg.search.sampler == "grid" and not study.trials:
+    if not study.trials and cfg.search.sampler == "grid":
         _queue_grid(study, cfg)
+    elif not study.trials:
+        _enqueue_recipe(study, cfg)
     for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(orphan.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number})
+        marks = {k: v for k, v in orphan.user_attrs.items() if k == "enqueued"}
+        study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number, **marks})
         log.info("[search] trial %d was cut off by an earlier stop: queued again", orphan.number)
     return study
 
@@ -272,14 +410,18 @@ def study_session(cfg: PipelineConfig, ctx: RunContext, teacher: ModelRef, plan:
 
 
 def finished(study: optuna.Study) -> list[dict]:
-    """Outcomes of the trials that ran to the end (completed, or failed with an error), by trial number."""
+    """Outcomes of the trials that ended (completed, pruned, or failed with an error), by trial number."""
     outcomes = [t.user_attrs["outcome"] for t in study.get_trials(deepcopy=False) if "outcome" in t.user_attrs]
     return sorted(outcomes, key=lambda o: o["number"])
 
 
 def record(study: optuna.Study, trial: optuna.Trial, outcome: dict, plan: dict, max_drop: float) -> None:
-    """Tell the study: accuracy for a completed trial (constraint: the accuracy drop), FAIL otherwise."""
+    """Tell the study: accuracy for a completed trial (constraint: the accuracy drop), PRUNED for one its pruner
+    stopped (Optuna keeps its last reported accuracy), FAIL otherwise."""
     trial.set_user_attr("outcome", outcome)
+    if outcome["state"] == "PRUNED":
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return
     if outcome["state"] != "COMPLETE":
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return
@@ -293,16 +435,24 @@ def failed_outcome(number: int, settings: dict, error: BaseException) -> dict:
             "error": f"{type(error).__name__}: {first_line(error)}"}
 
 
+def pruned_outcome(number: int, settings: dict, stop: TrialPruned) -> dict:
+    return {"number": number, "state": "PRUNED", "settings": settings, "stopped_at_epoch": stop.step,
+            "accuracy_at_stop": stop.value}
+
+
 def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
     metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
     rows = []
     for t in trials:
-        row = {"trial": t["number"], "state": t["state"], **{k: json.dumps(v) if isinstance(v, list) else v
-                                                              for k, v in t["settings"].items()}}
+        row = {"trial": t["number"], "state": t["state"], "enqueued": t.get("enqueued", ""),
+               **{k: json.dumps(v) if isinstance(v, list) else v for k, v in t["settings"].items()}}
         if t["state"] == "COMPLETE":
             row.update({"val_accuracy": round(t["accuracy"], 4), "drop": round(teacher - t["accuracy"], 4),
                         "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"],
                         "feasible": policy.is_feasible(t, metric, limit, teacher, max_drop)})
+        elif t["state"] == "PRUNED":  # its accuracy at the epoch it was stopped, not a result to compare
+            row.update({"stopped_at_epoch": t["stopped_at_epoch"],
+                        "val_accuracy_at_stop": round(t["accuracy_at_stop"], 4)})
         else:
             row["error"] = t.get("error", "")
         rows.append(row)
@@ -320,6 +470,7 @@ def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, 
     table = _table(trials, plan, max_drop)
     parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
     parent.set_tags({"search.sampler_seed": cfg.search.seed if cfg.search.seed is not None else cfg.seed,
+                     "search.pruner": cfg.search.pruner,
                      "search.budget_limit": plan["limit"],
                      "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
     parent.log_text(pd.DataFrame(table).to_csv(index=False), "search/trials.csv")
@@ -332,7 +483,8 @@ def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, 
         plots.close(fig)
     feasible = sum(bool(r.get("feasible")) for r in table)
     parent.log_metrics({"trials_completed": sum(r["state"] == "COMPLETE" for r in table),
-                        "trials_failed": sum(r["state"] != "COMPLETE" for r in table), "trials_feasible": feasible})
+                        "trials_pruned": sum(r["state"] == "PRUNED" for r in table),
+                        "trials_failed": sum(r["state"] == "FAIL" for r in table), "trials_feasible": feasible})
     create_table_artifact(key=f"{cfg.name}-search-trials".lower().replace("_", "-"), table=table,
                           description=f"shrinkflow search trials of {cfg.name}")
     return {"table": table}

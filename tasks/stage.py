@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Required, TypedDict
 
 from prefect import task
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 
-from compression.errors import retry_may_fix
+from compression.errors import TrialPruned, retry_may_fix
 from tasks import cache as records
 from tasks.config import NOT_RESULTS, PipelineConfig
 from tasks.tracking import RunContext, StageRun, run_finished, stage_run
@@ -143,7 +143,8 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
 
     `sections` are the config sections the stage reads besides data and seed; reading another one fails the
     stage (it would be missing from the cache key). With `cache`, a valid record in the stage's
-    folder is returned as a Prefect state named Cached and nothing runs or is logged again.
+    folder is returned as a Prefect state named Cached and nothing runs or is logged again. A stage a
+    search's pruner stops (compression.errors.TrialPruned) ends Cancelled, named Pruned, not Failed.
     """
 
     def decorate(fn: Callable):
@@ -155,11 +156,14 @@ def stage_task(stage: str, sections: tuple[str, ...] = (), cache: bool = True, *
                 return Completed(name="Cached", data=hit)
             workdir.mkdir(parents=True, exist_ok=True)
             seen = ConfigReads(cfg)
-            with stage_run(ctx, stage) as run:
-                run.set_tags({"shrinkflow.cache_key": key, "shrinkflow.workdir": str(workdir)})
-                run.log_params({"seed": cfg.seed, **cfg.stage_dict(*sections)})
-                result = fn(seen, ctx, run, workdir, **inputs)
-                check_sections(stage, sections, seen.read)
+            try:
+                with stage_run(ctx, stage) as run:
+                    run.set_tags({"shrinkflow.cache_key": key, "shrinkflow.workdir": str(workdir)})
+                    run.log_params({"seed": cfg.seed, **cfg.stage_dict(*sections)})
+                    result = fn(seen, ctx, run, workdir, **inputs)
+                    check_sections(stage, sections, seen.read)
+            except TrialPruned as stop:  # stopped on purpose: Cancelled in Prefect, re-raised by state.result()
+                return Cancelled(name="Pruned", message=str(stop), data=stop)
             if not isinstance(result, dict) and not dataclasses.is_dataclass(result):
                 return result
             result = _finished(result, run.run_id, stage)

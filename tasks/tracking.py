@@ -2,11 +2,12 @@
 
 MLflow's active run is thread-local and Prefect may run tasks in other threads, so nothing here relies on
 it: runs are created and ended with MlflowClient, and every task receives a `RunContext` naming the parent.
-Runs that raise end FAILED, never RUNNING. This module owns `RunContext`, `StageRun` (parameters, metrics,
-asynchronous per-epoch metrics, tags, artifacts, figures), `stage_run`, `pipeline_run`, `run_finished`,
-`log_figure`, and the host/pid tags a run carries so that `fail_orphaned_runs` can end the runs a killed
-process left RUNNING. The tracking URI's policy is tasks/tracking_uri.py, the store (client, lock,
-experiments, pyfunc loading) tasks/mlflow_store.py, a pipeline run's provenance tasks/provenance.py.
+Runs that raise end FAILED, never RUNNING (a search trial its pruner stopped: KILLED, see PRUNED_TAGS).
+This module owns `RunContext`, `StageRun` (parameters, metrics, asynchronous per-epoch metrics, tags,
+artifacts, figures), `stage_run`, `pipeline_run`, `run_finished`, `log_figure`, and the host/pid tags a
+run carries so that `fail_orphaned_runs` can end the runs a killed process left RUNNING. The tracking URI's
+policy is tasks/tracking_uri.py, the store (client, lock, experiments, pyfunc loading)
+tasks/mlflow_store.py, a pipeline run's provenance tasks/provenance.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from compression.errors import TrialPruned
 from tasks.mlflow_store import get_experiment_id, make_client
 from tasks.provenance import package_versions
 
@@ -156,12 +158,24 @@ def fail_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return orphans
 
 
+# MLflow has no PRUNED status. A run a search's pruner stopped ends KILLED (stopped before its end, as by a
+# user), not FAILED (nothing went wrong) nor FINISHED (its metrics stop part-way and its stage wrote no
+# model, and a FINISHED run is what a cache record may point at), with this tag saying why.
+PRUNED_TAGS = {"search.state": "PRUNED"}
+
+
 @contextmanager
 def _terminating(handle: StageRun):
     client, run_id = handle.client, handle.run_id
     try:
         yield handle
         handle.flush()
+    except TrialPruned as stop:
+        handle.flush()
+        handle.set_tags({**PRUNED_TAGS, "search.pruned_at_epoch": stop.step,
+                         "search.pruned_val_accuracy": f"{stop.value:.4f}"})
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         try:
             handle.flush()
@@ -174,7 +188,8 @@ def _terminating(handle: StageRun):
 
 @contextmanager
 def stage_run(ctx: RunContext, stage: str):
-    """A FINISHED child run if the block completes, FAILED if it raises (the exception propagates)."""
+    """A FINISHED child run if the block completes, FAILED if it raises (the exception propagates), KILLED
+    if a search's pruner stopped it."""
     client = ctx.client()
     run = client.create_run(ctx.experiment_id, run_name=stage, tags={
         "mlflow.parentRunId": ctx.parent_run_id, "shrinkflow.stage": stage, **_process_tags()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from torch import nn
@@ -15,23 +17,43 @@ from tasks.config import DistributedConfig
 from tasks.distributed import fit_distributed
 from tasks.stage import ModelRef, StageRun, model_ref
 
+# Who else reads each epoch's row as it is trained, besides the stage's run: a search trial's pruner
+# (tasks/search.py), called as observer(stage, part, row) and free to raise TrialPruned to stop the training.
+# A context variable, not an argument: the trial sets it around the pipeline's own stages, which pass nothing
+# of the search down, and Prefect runs a task called inside a task in the caller's thread and context.
+EPOCH_OBSERVER: ContextVar[Callable[[str, int, dict], None] | None] = ContextVar("epoch_observer", default=None)
+
+
+def _on_epoch_end(run: StageRun, prefix: str, part: int | None):
+    log_epoch, observer = run.epoch_logger(prefix), EPOCH_OBSERVER.get()
+    if observer is None or part is None:
+        return log_epoch
+
+    def on_epoch_end(row: dict) -> None:
+        log_epoch(row)  # first: a pruned trial's run keeps the epoch that stopped it
+        observer(run.stage, part, row)
+
+    return on_epoch_end
+
 
 def fit_logged(run: StageRun, model: nn.Module, bundle: DataBundle, train_cfg: TrainConfig, checkpoint_dir: Path,
                name: str, prefix: str = "", split: str = "train",
                plan: FitPlan = FitPlan(),  # noqa: B008 - FitPlan is a frozen dataclass: one shared default is safe
-               teacher: ModelRef | None = None, distributed: DistributedConfig | None = None) -> TrainResult:
+               teacher: ModelRef | None = None, distributed: DistributedConfig | None = None,
+               part: int | None = 0) -> TrainResult:
     """Train `model` as `plan` says (compression.fit_plan), with per-epoch metrics in the stage's run (keys
     `prefix` + metric, step = epoch): in this process, or in `distributed.world_size` DDP processes.
 
     split "transfer" adds the unlabeled images (for distillation losses only); `teacher` is the KD teacher's
-    model file."""
+    model file. `part` says which of the stage's trainings this is to an EPOCH_OBSERVER (prune: its step,
+    from 1; None: not observed); DDP trainings are not observed."""
     log_epoch = run.epoch_logger(prefix)
     if distributed is not None and distributed.world_size > 1:
         result = fit_distributed(distributed, run, model, bundle, train_cfg, plan, teacher, split, checkpoint_dir,
                                  name, prefix)
     else:
         result = train_on(model, bundle, train_cfg, plan, teacher=load(teacher) if teacher else None, split=split,
-                          checkpoint_dir=checkpoint_dir, name=name, on_epoch_end=log_epoch)
+                          checkpoint_dir=checkpoint_dir, name=name, on_epoch_end=_on_epoch_end(run, prefix, part))
     if result.resumed_from_epoch is not None:
         # Epochs trained before a crash, or before this stage ran again for another tracking store: this
         # run gets their metrics from the checkpoint, and a tag that says so.

@@ -42,6 +42,7 @@ def test_config_hash_changes_with_what_changes_results_only():
     ({"prune.ratoi": 0.5}, "prune.ratoi: unknown key"),
     ({"source": "hub:resnet18"}, "source: unknown source 'hub:resnet18'"),
     ({"data.name": "mnist"}, "data.name: Input should be"),
+    ({"search.pruner": "median"}, "search.pruner: Input should be 'none', 'successive_halving' or 'hyperband'"),
 ])
 def test_bad_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -77,6 +78,11 @@ def test_search_budget_numbers_shares_and_space_values():
         load_config("configs/smoke.yaml", {"search.space": '{"distill.alpha": {"low": 0.5, "high": 1.5}}'})
     with pytest.raises(ConfigError, match=r"search.space.trim.keep_per_stage: \[0, 1\]: .*at least 1 block"):
         load_config("configs/smoke.yaml", {"search.space": '{"trim.keep_per_stage": {"choices": [1, [0, 1]]}}'})
+    # a training setting as a knob: checked as the training settings check it
+    lr = load_config("configs/smoke.yaml", {"search.space": '{"distill.train.lr": {"low": 1e-4, "high": 1e-2}}'})
+    assert lr.search.space["distill.train.lr"].high == 1e-2
+    with pytest.raises(ConfigError, match=r"search.space.distill.train.lr: 0.0: invalid training setting lr=0.0"):
+        load_config("configs/smoke.yaml", {"search.space": '{"distill.train.lr": {"choices": [0.01, 0.0]}}'})
 
 
 def test_output_directory_check_holds_when_pipelines_start_together(tmp_path):

@@ -34,6 +34,16 @@ def test_a_failed_run_is_not_bad_input():
     assert not is_bad_input(ValueError("shape mismatch")) and not retry_may_fix(ValueError("shape mismatch"))
 
 
+def test_a_pruned_trial_is_neither_bad_input_nor_retried_and_crosses_processes_as_it_is():
+    import pickle
+
+    from compression.errors import TrialPruned
+
+    stop = pickle.loads(pickle.dumps(TrialPruned(2, 0.3125)))
+    assert (stop.step, stop.value, str(stop)) == (2, 0.3125, "pruned after epoch 2 at val accuracy 0.3125")
+    assert not is_bad_input(stop) and not retry_may_fix(stop)
+
+
 def test_the_accuracy_budget_passes_a_tie_and_fails_past_it():
     from compression.budget import within_drop, within_limit
 

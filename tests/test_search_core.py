@@ -126,6 +126,62 @@ def test_grid_size_and_values():
         search.grid(SPACE, 1)
 
 
+# ---------------------------------------------------------------- the recipe
+
+def test_recipe_point_clips_ranges_takes_or_nears_choices_and_leaves_the_rest():
+    recipe = {"trim.keep_per_stage": 3, "prune.importance": "taylor", "distill.temperature": 12.0,
+              "distill.alpha": 0.9, "quantize.enabled": True, "prune.ratio": 0.1}  # no distill.train.lr
+    point, notes = search.recipe_point(SPACE, recipe)
+    assert point == {"trim.keep_per_stage": 2, "distill.temperature": 8.0, "distill.alpha": 0.9,
+                     "quantize.enabled": True, "prune.ratio": 0.3}
+    assert set(notes) == {"trim.keep_per_stage", "prune.importance", "distill.temperature", "prune.ratio"}
+    assert "nearest, 2" in notes["trim.keep_per_stage"] and "left to the sampler" in notes["prune.importance"]
+    assert "clipped to 8.0" in notes["distill.temperature"]
+    # a list choice is the sampler's text; True is not the choice 1, and 1 is not the choice True
+    lists = {"trim.keep_per_stage": Choice((1, [1, 1, 2, 1])), "quantize.enabled": Choice((1, 2))}
+    assert search.recipe_point(lists, {"trim.keep_per_stage": [1, 1, 2, 1]})[0] == {
+        "trim.keep_per_stage": "[1, 1, 2, 1]"}
+    assert search.recipe_point(lists, {"quantize.enabled": True})[0] == {}
+    assert search.recipe_point({"quantize.enabled": Choice((True, False))}, {"quantize.enabled": 1})[0] == {}
+    assert search.recipe_point(lists, {"trim.keep_per_stage": None}) == (
+        {}, {"trim.keep_per_stage": "None is not one of the choices: left to the sampler"})
+
+
+def test_the_recipe_point_is_what_an_optuna_trial_enqueued_with_it_samples():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    point, _ = search.recipe_point(SPACE, {"trim.keep_per_stage": [1, 1, 2, 1], "prune.importance": "l1",
+                                           "distill.temperature": 4.0, "distill.alpha": 0.9,
+                                           "quantize.enabled": False, "prune.ratio": 0.5, "distill.train.lr": 0.01})
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(point, user_attrs={"enqueued": search.RECIPE})
+    trial = study.ask()
+    assert search.sample(trial, SPACE) == {"trim.keep_per_stage": [1, 1, 2, 1], "prune.importance": "l1",
+                                           "distill.temperature": 4.0, "distill.alpha": 0.9,
+                                           "quantize.enabled": False, "prune.ratio": 0.5, "distill.train.lr": 0.01}
+    assert trial.user_attrs == {"enqueued": "recipe"}
+
+
+def test_finalists_keep_the_recipe_trial_when_it_ranks_below_top_k():
+    ranked = [{"number": 3}, {"number": 0}, {"number": 2, "enqueued": search.RECIPE}, {"number": 1}]
+    assert [t["number"] for t in search.finalists(ranked, 1)] == [3, 2]
+    assert [t["number"] for t in search.finalists(ranked, 3)] == [3, 0, 2]  # already among them: not twice
+    assert [t["number"] for t in search.finalists(ranked[:2], 1)] == [3]  # no recipe trial completed
+    with pytest.raises(CompressionError, match="top_k must be at least 1"):
+        search.finalists(ranked, 0)
+
+
+def test_trial_steps_follow_the_schedule_whatever_trained_before():
+    # 2 distillation epochs, then 3 prune steps of 2 recovery epochs each: steps 1..8
+    steps = [search.trial_step("distill", 0, e, 2, 2) for e in (1, 2)]
+    steps += [search.trial_step("prune", part, e, 2, 2) for part in (1, 2, 3) for e in (1, 2)]
+    assert steps == list(range(1, 9)) and search.trial_length(2, 3, 2) == 8
+    assert search.trial_step("prune", 2, 1, 2, 2) == 5  # distillation from the cache: step 2's epochs stay put
+    assert search.trial_step("finetune", 0, 1, 2, 2) is None and search.trial_step("distill", 1, 1, 2, 2) is None
+    assert search.trial_length(3, 0, 2) == 3  # a trial that does not prune
+
+
 # ---------------------------------------------------------------- width by construction
 
 def test_smallest_ratio_within_bisects_a_monotone_cost_with_few_calls():
