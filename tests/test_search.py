@@ -370,7 +370,8 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     assert {t.number: t.intermediate_values for t in study.get_trials(deepcopy=False)} == {
         0: {1: 0.60, 2: 0.10}, 1: {1: 0.90}, 2: {1: 0.70}, 3: {2: 0.10}}
     assert study.get_trials(deepcopy=False)[0].system_attrs["completed_rung_0"] == 0.60  # the recipe's bar
-    _EpochReporter(cfg, trial_cfg, tmp_path / "gone" / "study.db", 3, True)("distill", 0, {"epoch": 1, "val_accuracy": 0.0})
+    gone = _EpochReporter(cfg, trial_cfg, tmp_path / "gone" / "study.db", 3, True)
+    gone("distill", 0, {"epoch": 1, "val_accuracy": 0.0})
     # where the shrinkflow logger writes depends on what configured logging before (the CLI, Prefect, pytest)
     assert "trial 3 cannot report to its study, it runs to its end" in caplog.text + capfd.readouterr().err
     fifth = study.ask().number
