@@ -3,8 +3,20 @@
 Two modes:
 - "dynamic": Linear layers get int8 weights, activations are quantized on the fly (`quantize_dynamic`).
   For a CNN this touches only the classifier head, so expect little change.
-- "static": every conv and linear gets int8 weights and int8 activations with scales calibrated on a few
-  hundred training images; conv+bn+relu are fused first (FX graph mode).
+- "static": every conv and linear but the classifier gets int8 weights and int8 activations with scales
+  calibrated on a few hundred training images; conv+bn+relu are fused first (FX graph mode).
+
+The static recipe ("act8-float-head") starts from torch's default mapping for the backend and changes two things:
+- Activations keep all 8 bits. For fbgemm/x86, torch's default gives them only 7 (`reduce_range`): CPUs without
+  VNNI multiply uint8 activations by int8 weights and add pairs of products in int16, which saturates at full
+  range. Taking that bit from the weights instead (7-bit weights, what onnxruntime's `reduce_range` does) avoids
+  the same overflow, and a bit costs less on per-channel weights than on activations that share one scale per
+  tensor. Other backends' defaults already use 8-bit activations and are kept.
+- The classifier head, and whatever is computed from its output (SqueezeNet's ReLU and pooling), stays float.
+  int8 logits share one scale across every class, so two classes whose logits are close can swap places: a
+  changed prediction however good the features are. The head holds a small share of the MACs.
+Models saved before the recipe was recorded were made with torch's default mapping as it is ("torch-default");
+they load with it.
 
 Why `torch.ao.quantization` although torch 2.14 marks it deprecated: it is the path whose int8 kernels
 (fbgemm/oneDNN, backend "x86") run fast on CPU without compilation. Its successor, torchao's PT2E flow
@@ -26,9 +38,19 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from compression import CompressionError
 from compression.measure import count_macs, count_nonzero_params
-from compression.models import check_supported, example_input, layer_sizes, quantization_info, require_spec
+from compression.models import (
+    check_supported,
+    example_input,
+    head_name,
+    layer_sizes,
+    quantization_info,
+    require_spec,
+)
 
 MODES = ("static", "dynamic")
+# How static int8 is made (the module docstring says why). Files without a recorded recipe used LEGACY_RECIPE.
+RECIPE, LEGACY_RECIPE = "act8-float-head", "torch-default"
+RECIPES = (RECIPE, LEGACY_RECIPE)
 
 
 def supported_backends() -> list[str]:
@@ -43,10 +65,16 @@ def _quiet_deprecation():
         yield
 
 
-def check_settings(mode: str, backend: str) -> None:
+def check_settings(mode: str, backend: str, recipe: str = RECIPE) -> None:
     if mode not in MODES:
         raise CompressionError(f"unknown quantization mode {mode!r}; use one of {', '.join(MODES)}")
+    check_recipe(recipe)
     check_backend(backend)
+
+
+def check_recipe(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise CompressionError(f"unknown static int8 recipe {recipe!r}; this version knows {', '.join(RECIPES)}")
 
 
 def check_backend(backend: str) -> None:
@@ -65,20 +93,91 @@ def _float_layout(model: nn.Module) -> dict:
 
 
 def _convert(model: nn.Module, mode: str, backend: str, example: torch.Tensor,
-             calibration: Iterable[torch.Tensor] | None, in_place: bool = False) -> nn.Module:
-    from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+             calibration: Iterable[torch.Tensor] | None, in_place: bool = False, recipe: str = RECIPE) -> nn.Module:
+    from torch.ao.quantization import quantize_dynamic
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = backend
     model = (model if in_place else copy.deepcopy(model)).cpu().eval()
     if mode == "dynamic":
         return quantize_dynamic(model, _dynamic_targets(model), dtype=torch.qint8)
-    prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example[:1].cpu().contiguous(),))
+    prepared = prepare_fx(model, _static_mapping(model, backend, recipe), (example[:1].cpu().contiguous(),))
     with torch.no_grad():
         for images in calibration or ():
             # Grey images expanded to RGB have a zero channel stride; observers want a plain layout.
             prepared(images.cpu().contiguous())
-    return _pool_instead_of_mean(convert_fx(prepared))
+    quantized = _pool_instead_of_mean(convert_fx(prepared))
+    return quantized if recipe == LEGACY_RECIPE else _float_output(quantized)
+
+
+def _static_mapping(model: nn.Module, backend: str, recipe: str):
+    """The QConfigMapping of `recipe`: torch's default for the backend, as it is for LEGACY_RECIPE; for RECIPE
+    with full-range activations and the classifier head (and what follows it) left float."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+
+    mapping = get_default_qconfig_mapping(backend)
+    if recipe == LEGACY_RECIPE:
+        return mapping
+    mapping.set_global(_full_range_activations(mapping.global_qconfig))
+    for pattern, qconfig in list(mapping.object_type_qconfigs.items()):
+        mapping.set_object_type(pattern, _full_range_activations(qconfig))
+    for name in float_tail(model):
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+def _full_range_activations(qconfig):
+    """`qconfig` with 8-bit activations and 7-bit int8 weights where it had 7-bit (reduce_range) activations:
+    either keeps a uint8 x int8 pair of products within int16 on CPUs without VNNI."""
+    from torch.ao.quantization import QConfig
+
+    activation = getattr(getattr(qconfig, "activation", None), "p", None)
+    if activation is None or not activation.keywords.get("reduce_range"):
+        return qconfig
+    weight = qconfig.weight
+    if getattr(getattr(weight, "p", None), "keywords", {}).get("dtype") == torch.qint8:
+        weight = weight.with_args(quant_min=-64, quant_max=63)
+    return QConfig(activation=qconfig.activation.with_args(reduce_range=False), weight=weight)
+
+
+def float_tail(model: nn.Module) -> list[str]:
+    """Qualified names of the classifier head and of every module computed from its output (SqueezeNet's ReLU
+    and pooling after its conv head), in the graph that FX quantization traces."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    head = head_name(model)
+    reached, names = set(), [head]
+    for node in QuantizationTracer([], []).trace(model).nodes:  # in execution order
+        if (node.op == "call_module" and node.target == head) or reached.intersection(node.all_input_nodes):
+            reached.add(node)
+            if node.op == "call_module" and node.target not in names:
+                names.append(node.target)
+    return names
+
+
+_SHAPE_OPS = {"flatten", "reshape", "view", "squeeze", "contiguous"}
+
+
+def _float_output(quantized: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop a quantize -> shape ops -> dequantize round trip on the way to the output: the float tail's logits
+    would be rounded to int8 again by a function after it (SqueezeNet's torch.flatten), which a module-name
+    qconfig cannot reach."""
+    graph = quantized.graph
+    output = next(node for node in graph.nodes if node.op == "output")
+    dequantize = output.args[0]
+    if not (isinstance(dequantize, torch.fx.Node) and dequantize.target == "dequantize"):
+        return quantized
+    node = dequantize.args[0]
+    while node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) in _SHAPE_OPS:
+        node = node.args[0]
+    if node.op != "call_function" or node.target is not torch.quantize_per_tensor:
+        return quantized
+    for dropped in (dequantize, node):
+        dropped.replace_all_uses_with(dropped.args[0])
+        graph.erase_node(dropped)
+    graph.eliminate_dead_code()
+    quantized.recompile()
+    return quantized
 
 
 def _dynamic_targets(model: nn.Module) -> dict:
@@ -115,16 +214,16 @@ def _pool_instead_of_mean(quantized: torch.fx.GraphModule) -> torch.fx.GraphModu
 
 
 def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: Iterable[torch.Tensor] | None = None,
-             backend: str = "x86", in_place: bool = False) -> nn.Module:
+             backend: str = "x86", in_place: bool = False, recipe: str = RECIPE) -> nn.Module:
     """An int8 copy of `model` (left unchanged unless `in_place`: then it is converted, saving a copy of the
-    weights for the largest models). Static mode runs `calibration` batches through observers.
+    weights for the largest models). Static mode runs `calibration` batches through observers, using `recipe`.
 
-    The copy's `shrinkflow_spec["quantization"]` records how to rebuild it (mode, backend, the float layer
-    shapes) and the float model's weight count and MACs: int8 kernels hold the same weights and do the same
+    The copy's `shrinkflow_spec["quantization"]` records how to rebuild it (mode, backend, static recipe, the
+    float layer shapes) and the float model's weight count and MACs: int8 kernels hold the same weights and do the same
     multiply-accumulates, but quantized modules expose no parameters and torch's flop counter cannot see
     inside quantized ops.
     """
-    check_settings(mode, backend)
+    check_settings(mode, backend, recipe)
     spec = dict(require_spec(model))
     check_supported(spec["arch"], f"quantize-{mode}")
     if is_quantized(model):
@@ -136,19 +235,23 @@ def quantize(model: nn.Module, mode: str, example: torch.Tensor, calibration: It
     params, nonzero = count_nonzero_params(model)
     macs = count_macs(model, example[:1])
     with _quiet_deprecation():
-        quantized = _convert(model, mode, backend, example, calibration, in_place)
-    spec["quantization"] = {"mode": mode, "backend": backend, "float_layout": _float_layout(model),
-                            "float_params": params, "float_nonzero_params": nonzero, "float_macs": macs}
+        quantized = _convert(model, mode, backend, example, calibration, in_place, recipe)
+    spec["quantization"] = {"mode": mode, "backend": backend, **({"recipe": recipe} if mode == "static" else {}),
+                            "float_layout": _float_layout(model), "float_params": params,
+                            "float_nonzero_params": nonzero, "float_macs": macs}
     quantized.shrinkflow_spec = spec
     return quantized
 
 
 def skeleton(float_model: nn.Module, settings: dict) -> nn.Module:
     """The quantized structure for `settings` with placeholder scales, ready for load_state_dict.
-    `float_model` is used up (converted in place)."""
+    `float_model` is used up (converted in place). Settings without a recipe (files saved before it was
+    recorded) rebuild LEGACY_RECIPE."""
+    recipe = settings.get("recipe", LEGACY_RECIPE)
+    check_recipe(recipe)
     with _quiet_deprecation():  # uncalibrated observers give placeholder scales; the loaded state replaces them
         quantized = _convert(float_model, settings["mode"], settings["backend"], example_input(float_model), None,
-                             in_place=True)
+                             in_place=True, recipe=recipe)
     quantized.shrinkflow_spec = {**require_spec(float_model), "quantization": settings}
     return quantized
 
