@@ -346,7 +346,8 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     from tasks.search import _EpochReporter, open_study, pruned_outcome, record, study_path, trial_config, trial_pruning
     from tasks.training import EPOCH_OBSERVER
 
-    cfg, teacher, plan = _study_config(tmp_path), {"sha256": "0" * 64}, {"metric": "macs", "limit": 1e6, "widths": {}}
+    cfg, teacher = _study_config(tmp_path, **{"search.pruner": "successive_halving"}), {"sha256": "0" * 64}
+    plan = {"metric": "macs", "limit": 1e6, "widths": {}}
     trial_cfg = trial_config(cfg, {"distill.train.epochs": 1, "prune.train.epochs": 1, "prune.iterative_steps": 1})
     path = study_path(cfg, teacher, plan)
     path.parent.mkdir(parents=True)
