@@ -111,7 +111,7 @@ def test_distilling_into_a_copy_of_the_teacher_warns_and_tags_the_run(distill_st
     torch.manual_seed(0)
     teacher = build_model("resnet18", 3, 1, 28)
     teacher_ref = _model_ref(teacher, tmp_path / "teacher.pt")
-    copy_run = distill.fn(cfg, ctx, data=None, teacher=teacher_ref)["run_id"]
+    copy_run = distill.fn(cfg, ctx, data=None, teacher=teacher_ref).run_id
     warnings = [r.getMessage() for r in shrinkflow_warnings if r.getMessage().startswith("[distill]")]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert warnings[0].startswith("[distill] the student is as large as the teacher")
@@ -120,14 +120,14 @@ def test_distilling_into_a_copy_of_the_teacher_warns_and_tags_the_run(distill_st
 
     shrinkflow_warnings.clear()
     student_ref = _model_ref(trim(teacher, 1), tmp_path / "trimmed.pt")
-    trimmed_run = distill.fn(cfg, ctx, data=None, teacher=teacher_ref, student=student_ref)["run_id"]
+    trimmed_run = distill.fn(cfg, ctx, data=None, teacher=teacher_ref, student=student_ref).run_id
     assert not [r for r in shrinkflow_warnings if "as large as the teacher" in r.getMessage()]
     run = client.get_run(trimmed_run)
     assert "shrinkflow.student_not_smaller" not in run.data.tags
     assert run.data.metrics["params_student"] < run.data.metrics["params_teacher"]
 
     # a fresh student of the teacher's own architecture is no smaller either
-    fresh_run = distill.fn(config(**{"distill.student": "resnet18"}), ctx, data=None, teacher=teacher_ref)["run_id"]
+    fresh_run = distill.fn(config(**{"distill.student": "resnet18"}), ctx, data=None, teacher=teacher_ref).run_id
     assert any("distill.student is resnet18" in r.getMessage() for r in shrinkflow_warnings)
     assert client.get_run(fresh_run).data.tags.get("shrinkflow.student_not_smaller") == "true"
 
