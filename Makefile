@@ -84,10 +84,11 @@ bench: $(STAMP) data
 
 # docs/architectures.md: every torchvision classifier through every stage (about half an hour on 2 cores);
 # with BENCH_QUICK=1 three small ones, written under bench/.work/quick/ instead.
-QUICK_ARCHITECTURES := --arch resnet18 mobilenet_v3_small squeezenet1_1 --out bench/.work/quick/architectures.md
+QUICK_ARCHITECTURES := --arch resnet18 mobilenet_v3_small squeezenet1_1 --out bench/.work/quick/architectures.md \
+  --json bench/.work/quick/architectures.json --workdir bench/.work/quick/architectures
 architectures: $(STAMP) data
-	$(BIN)/python bench/architectures.py --jobs 2 --json bench/.work/architectures.json \
-	  $(if $(filter 1,$(BENCH_QUICK)),$(QUICK_ARCHITECTURES))
+	$(BIN)/python bench/architectures.py --jobs 2 \
+	  $(if $(filter 1,$(BENCH_QUICK)),$(QUICK_ARCHITECTURES),--json bench/.work/architectures.json)
 
 # docs/benchmarks.md again from the results already in bench/results/.
 bench-report: $(STAMP)

@@ -2,7 +2,8 @@
 
 Each script writes bench/results/<name>.json; bench/report.py turns them into docs/benchmarks.md.
 BENCH_QUICK=1 shrinks every workload (to check the scripts, not to publish numbers) and keeps what it writes
-under bench/.work/quick/ (results and the page), so a check never overwrites published results.
+under bench/.work/quick/ (its stores, outputs, results and the page), so a check never overwrites published
+results nor the caches of a full run, and can run beside one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.config import PROJECT_ROOT
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-WORK = PROJECT_ROOT / "bench" / ".work"
-RESULTS = WORK / "quick" / "results" if QUICK else PROJECT_ROOT / "bench" / "results"
+WORK = PROJECT_ROOT / "bench" / ".work" / ("quick" if QUICK else "")
+RESULTS = WORK / "results" if QUICK else PROJECT_ROOT / "bench" / "results"
 PYTHON = sys.executable
+
+# What every BENCH_QUICK=1 pipeline run overrides (on top of a benchmark's own settings): every stage still runs
+# (evaluation, fidelity, export included), on a few images per class, one epoch each and one pass of each
+# measurement. The fidelity stage's corruptions, severities and occlusion maps cost the most on 2 cores: two
+# corruptions at one severity and one occluded image still go through every part of the report.
+QUICK_PIPELINE = {
+    "data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30, "data.unlabeled_per_class": 0,
+    "finetune.train.epochs": 1, "distill.train.epochs": 1, "prune.train.epochs": 1, "prune.iterative_steps": 1,
+    "quantize.calibration_size": 32, "evaluate.latency_repeats": 5, "evaluate.speed_rounds": 1,
+    "evaluate.throughput_seconds": 0.05, "evaluate.throughput_batch": 16, "fidelity.bootstrap": 100,
+    "fidelity.corruption_images": 10, "fidelity.corruptions": ["gaussian_noise", "contrast"],
+    "fidelity.severities": [1], "fidelity.attribution_images": 1, "fidelity.grid_images": 4,
+}
 
 
 def prefect_env(name: str) -> dict:

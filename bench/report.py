@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import PROJECT_ROOT, QUICK, WORK, load_results, machine
 
-DOC = WORK / "quick" / "benchmarks.md" if QUICK else PROJECT_ROOT / "docs" / "benchmarks.md"
+DOC = WORK / "benchmarks.md" if QUICK else PROJECT_ROOT / "docs" / "benchmarks.md"
 REFERENCES = [("2-conv CNN (~113K params)", 0.922), ("ResNet-18 with augmentation", 0.949), ("MLP 256-128-100", 0.883)]
 
 

@@ -19,19 +19,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, Timer, fresh_store, machine, save, say, use_prefect_env
+from bench.common import QUICK, QUICK_PIPELINE, Timer, fresh_store, machine, save, say, use_prefect_env
 
 # Depth x KD temperature: 2 x 6 = 12 grid points; the search gets 5 trials. int8 is not a knob here: the
 # config quantizes every trial's pruned model (seconds, against minutes of training) and keeps the int8 model
 # when it loses at most quantize.max_accuracy_drop. As a knob it made grid points that differ only in int8,
 # which share distillation and pruning through the stage cache, so the grid's cost hung on which twin ran first.
 SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0}}
-GRID_POINTS = 6
-SEARCH_TRIALS = 5
-WORKER_TRIALS = 6  # (c): an even count, so that the 2-worker run does not end on one trial alone
-TINY = {"data.train_per_class": 30, "data.val_per_class": 10, "data.test_per_class": 30,
-        "data.unlabeled_per_class": 0, "finetune.train.epochs": 1, "distill.train.epochs": 1,
-        "prune.train.epochs": 1, "prune.iterative_steps": 1, "quantize.calibration_size": 32}
+# BENCH_QUICK=1: a 2 x 2 grid, two trials per search (one per worker), one epoch per trial.
+GRID_POINTS = 2 if QUICK else 6
+SEARCH_TRIALS = 2 if QUICK else 5
+WORKER_TRIALS = 2 if QUICK else 6  # (c): an even count, so that the 2-worker run does not end on one trial alone
 
 
 def trial_times(uri: str, parent_run_id: str) -> dict:
@@ -66,15 +64,16 @@ def main() -> None:
     from flows.search import search
 
     uri = fresh_store(work)
-    store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(TINY if QUICK else {})}
-    common = {**store, "search.space": json.dumps(SPACE), "search.budget.max": "10%", "quantize.enabled": True}
+    store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(QUICK_PIPELINE if QUICK else {})}
+    common = {**store, "search.space": json.dumps(SPACE), "search.budget.max": "10%", "quantize.enabled": True,
+              **({"search.trial_epochs": 1} if QUICK else {})}
     results = {"machine": machine(), "space": SPACE, "grid_points": GRID_POINTS, "int8_every_trial": True}
     say("search: pretraining the upstream model (configs/pretrain.yaml)")
     pretrain("configs/pretrain.yaml", store)
     say("search: the hand-tuned demo compression (configs/quickstart.yaml)")
     results["quickstart"] = {"table": compress("configs/quickstart.yaml", store)["table"]}
     runs = {"search": {"search.trials": SEARCH_TRIALS, "search.parallel": 2, "search.top_k": 1},
-            "grid": {"search.sampler": "grid", "search.grid_points": GRID_POINTS, "search.trials": 12,
+            "grid": {"search.sampler": "grid", "search.grid_points": GRID_POINTS, "search.trials": 2 * GRID_POINTS,
                      "search.parallel": 2, "search.top_k": 0, "register.enabled": False},
             # (c): the same search (seed 1) on 1 and on 2 workers, each in outputs of its own so that no trial
             # comes from the cache; only the trial phase is timed.

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, Timer, free_port, machine, save, say, use_prefect_env
+from bench.common import PROJECT_ROOT, QUICK, QUICK_PIPELINE, Timer, free_port, machine, save, say, use_prefect_env
 
 RUNTIMES = {  # name: (candidate, runtime)
     "torch eager": ("pruned", "torch"), "torch int8": ("quantized_static", "torch"),
@@ -37,7 +37,8 @@ def pipeline_rows(work: Path) -> tuple[dict, object]:
     from flows.pretrain import pretrain
     from tasks.config import load_config
 
-    store = {"tracking.uri": os.environ["MLFLOW_TRACKING_URI"], "output_dir": str(work / "outputs")}
+    store = {"tracking.uri": os.environ["MLFLOW_TRACKING_URI"], "output_dir": str(work / "outputs"),
+             **(QUICK_PIPELINE if QUICK else {})}
     say("serving: the upstream model and the quickstart pipeline (cached after the first run)")
     pretrain("configs/pretrain.yaml", store)
     result = compress("configs/quickstart.yaml", store)

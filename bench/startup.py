@@ -5,6 +5,7 @@ time in MLflow), with a new Prefect home (cold: database migrations) and again w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -14,9 +15,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, PYTHON, QUICK, WORK, prefect_env, save, say
+from bench.common import PROJECT_ROOT, PYTHON, QUICK, QUICK_PIPELINE, WORK, prefect_env, save, say
 
 REPEATS = 2 if QUICK else 5
+# BENCH_QUICK=1: the smoke pipeline after its first task with the quick settings (what is timed comes before).
+QUICK_SETTINGS = [arg for key, value in QUICK_PIPELINE.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -32,7 +35,8 @@ def first_task(env: dict, uri: str, name: str) -> dict:
     proc = subprocess.run([str(Path(PYTHON).parent / "shrinkflow"), "run", "configs/smoke.yaml",
                            "--set", f"name={name}", "--set", f"tracking.uri={uri}",
                            "--set", f"output_dir={WORK / 'startup' / 'outputs'}",
-                           "--set", "export.onnx=false"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+                           "--set", "export.onnx=false", *(QUICK_SETTINGS if QUICK else [])], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True)
     total = time.time() - started
     if proc.returncode:
         sys.exit(f"shrinkflow run failed:\n{proc.stderr[-3000:]}")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, save, say
+from bench.common import PROJECT_ROOT, QUICK, WORK, save, say
 
 PERIOD_US = 100_000
 QUICK_TESTS = "tests/test_config.py tests/test_data.py"
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.fraction <= 1:
         parser.error(f"--fraction must be above 0 and at most 1, got {args.fraction:g}")
-    logs = PROJECT_ROOT / "bench" / ".work" / "suite"
+    logs = WORK / "suite"
     logs.mkdir(parents=True, exist_ok=True)
     say(f"make {args.target}, unthrottled")
     runs = {"full": run_make(args.target, None, logs / "full.log")}
