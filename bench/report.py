@@ -180,9 +180,10 @@ def section_search(r: dict) -> list[str]:
     """Issue #13's benchmark: search against grid, 2 workers against 1, hit rate, found against hand-tuned."""
     s, g, one, two = r["search"], r["grid"], r["search_1_worker"], r["search_2_workers"]
     plan = s["plan"]
+    limit = plan["limit"] if "limit" in plan else plan["targets"][0]["limit"]  # results before several targets
     out = ["## 7. Search: the best model under a budget", "",
            f"`python bench/search.py`: `configs/search-quickstart.yaml` (the demo's task), budget MACs <= 10% of the "
-           f"fine-tuned teacher ({plan['limit']:,.0f} of {plan['teacher']['macs']:,.0f}) and at most 1 point of val "
+           f"fine-tuned teacher ({limit:,.0f} of {plan['teacher']['macs']:,.0f}) and at most 1 point of val "
            f"accuracy lost (teacher val accuracy {plan['teacher']['val_accuracy']:.4f}); space: "
            + ", ".join(f"`{k}` {v}" for k, v in r["space"].items()) + f"; grid: {r['grid_points']} values per range. "
            + ("int8 is not a knob: every trial's pruned model is quantized (static) and the int8 model is kept "

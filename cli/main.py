@@ -180,22 +180,23 @@ def _print_search(result: dict) -> None:
     plan, trials = result["plan"], result["trials"]
     completed = [t for t in trials if t["state"] == "COMPLETE"]
     pruned = sum(t["state"] == "PRUNED" for t in trials)
+    budgets = ", ".join(f"{plan['metric']} <= {_amount(t['limit'])}"
+                        + (f" ({t['label']})" if len(plan["targets"]) > 1 else "") for t in plan["targets"])
     print(f"\nMLflow run {result['run_id']} ({result['tracking_uri']})")
-    print(f"budget: {plan['metric']} <= {_amount(plan['limit'])} (teacher {_amount(plan['teacher'][plan['metric']])}); "
+    print(f"budget: {budgets} (teacher {_amount(plan['teacher'][plan['metric']])}); "
           f"{len(completed)} trials completed, {pruned} pruned, {len(trials) - len(completed) - pruned} failed; "
           f"{len(result['finalists'])} trained again at full epochs")
     print("\n" + result["markdown"] + "\n")
     from compression.search import RECIPE  # torch is loaded by now: the search ran in this process
 
-    recipe = next((t for t in trials if t.get("enqueued") == RECIPE and t["state"] == "COMPLETE"), None)
-    if recipe:
-        print(f"the config's own settings (recipe): trial {recipe['number']}, val accuracy {recipe['accuracy']:.4f} "
-              "at the trials' epochs")
-    if result.get("registered"):
-        reg = result["registered"]
+    for recipe in (t for t in trials if t.get("enqueued") == RECIPE and t["state"] == "COMPLETE"):
+        print(f"the config's own settings (recipe): {recipe.get('name', recipe['number'])}, val accuracy "
+              f"{recipe['accuracy']:.4f} at the trials' epochs")
+    registered = result.get("registered")
+    for reg in (registered or {}).get("registrations", [registered] if registered else []):
         print(f"registered {reg['candidate']} as {reg['uri']} (version {reg['version']}, test accuracy "
               f"{reg['accuracy']:.4f})")
-    else:
+    if not registered:
         reasons = ("registration is disabled (register.enabled: false)" if not result.get("register_enabled", True)
                    else "no trial completed" if not completed else "no finalist completed its full-epoch training")
         print(f"nothing registered: {reasons}")
@@ -226,7 +227,8 @@ def _runs_frame(runs):
              **{f"metrics.{k}": v for k, v in r.data.metrics.items()}} for r in runs]
     frame = pd.DataFrame(rows)
     for column in ("tags.mlflow.runName", "tags.shrinkflow.config_hash", "params.seed", "tags.shrinkflow.trial",
-                   "tags.shrinkflow.study", "tags.error", "tags.search.enqueued", "tags.search.state"):
+                   "tags.shrinkflow.study", "tags.error", "tags.search.enqueued", "tags.search.state",
+                   "tags.search.target"):
         if column not in frame:
             frame[column] = None
     return frame
@@ -242,19 +244,21 @@ def _pipelines_table(runs):
 
 
 def _trials_table(runs):
-    """A search's trials: number, status, the settings that varied, what they measured, the error if any."""
+    """A search's trials: target, number, status, the settings that varied, what they measured, the error if any."""
     settings = sorted(c for c in runs.columns if c.startswith("params.") and c not in (
         "params.trial", "params.full_fidelity", "params.seed"))
     measured = [c for c in ("metrics.accuracy", "metrics.macs", "metrics.params", "metrics.size_bytes")
                 if c in runs.columns]
     # The number from the run's tags: a run cut off by a kill can lack its params, never its tags.
     # status KILLED with search.state PRUNED: the pruner stopped the trial (MLflow has no pruned status).
-    table = runs[["tags.shrinkflow.trial", "tags.mlflow.runName", "status", "tags.search.state",
+    table = runs[["tags.search.target", "tags.shrinkflow.trial", "tags.mlflow.runName", "status", "tags.search.state",
                   "tags.search.enqueued", *settings, *measured, "tags.error", "run_id"]].rename(
-        columns={"tags.shrinkflow.trial": "trial", "tags.search.state": "search_state",
+        columns={"tags.search.target": "target", "tags.shrinkflow.trial": "trial", "tags.search.state": "search_state",
                  "tags.search.enqueued": "enqueued"})
     table = table.iloc[::-1]  # oldest first within a trial (runs come newest first)
-    return table.assign(order=table["trial"].astype(int)).sort_values("order", kind="stable").drop(columns="order")
+    # by target (trials logged before searches had targets have none), then by number within it
+    table = table.assign(target=table["target"].fillna(""), order=table["trial"].astype(int))
+    return table.sort_values(["target", "order"], kind="stable").drop(columns="order")
 
 
 def _search_trials(args):

@@ -2,7 +2,8 @@
 cost on one metric stays within a budget.
 
 What lives here, free of any sampler, scheduler or tracker (the Optuna trial is duck-typed):
-- budgets: `resolve_limit` turns "3e6" or "10%" (of the teacher) into an absolute limit;
+- budgets: `resolve_limit` turns "3e6" or "10%" (of the teacher) into an absolute limit; `target_label` names
+  one target of a search with several ("macs-10pct"), the alias of the model registered for it;
 - the search space: `Choice` / `FloatRange` keyed by dotted config keys, `sample` (one trial's settings)
   and `grid` (the dense grid a benchmark compares the search with);
 - width by construction: `structural_cost` is what a trial's final model will cost on MACs, params or file
@@ -114,6 +115,20 @@ def resolve_limit(value: float | str, teacher_value: float, metric: str) -> floa
     if not (math.isfinite(number) and number > 0):
         raise CompressionError(f"search.budget.max: {value} must be a positive finite {metric} limit")
     return number
+
+
+def target_label(metric: str, value: float | str) -> str:
+    """A budget target's name, fit to be a registry alias: the metric and the budget as given, a share as
+    "pct" ("10%" of the MACs: "macs-10pct"; "2.5%": "macs-2p5pct"; 3e6: "macs-3000000"; 4.5 ms: "latency-ms-4p5")."""
+    _check_metric(metric)
+    text = str(value).strip()
+    if text.endswith("%"):
+        amount, unit = _number(text[:-1].strip(), value), "pct"
+    else:
+        amount, unit = _number(text, value), ""
+    shown = f"{amount:.6g}" if not amount.is_integer() or abs(amount) >= 1e15 else str(int(amount))
+    shown = shown.replace(".", "p").replace("+", "")
+    return f"{metric.replace('_', '-')}-{shown}{unit}"
 
 
 # ---------------------------------------------------------------- the search space
@@ -505,15 +520,31 @@ def rank_for_retraining(trials: list[dict], metric: str, limit: float, teacher_a
                                             -t["accuracy"]))
 
 
-def finalists(ranked: list[dict], top_k: int) -> list[dict]:
+def finalists(ranked: list[dict], top_k: int, target: str | None = None) -> list[dict]:
     """The trials trained again at full epochs, from rank_for_retraining's order: the first `top_k`, and the
-    recipe's trial (marked RECIPE) when it completed but ranked lower. The pick then meets the config's own
-    settings at full epochs too, and registers a model at least as accurate on val as the recipe's unless
-    the budget or the gates preferred another."""
+    recipe's trial (marked RECIPE; of `target` when given, as each target of a search has its own) when it
+    completed but ranked lower. The pick then meets the config's own settings at full epochs too, and
+    registers a model at least as accurate on val as the recipe's unless the budget or the gates preferred
+    another."""
     if top_k < 1:
         raise CompressionError(f"top_k must be at least 1 to train trials again, got {top_k}")
-    recipe = [t for t in ranked[top_k:] if t.get("enqueued") == RECIPE]
+    recipe = [t for t in ranked[top_k:]
+              if t.get("enqueued") == RECIPE and (target is None or t.get("target") == target)]
     return ranked[:top_k] + recipe[:1]
+
+
+def next_target(started: dict[str, int], quota: int) -> str | None:
+    """The budget target the next trial is for: the one with the fewest trials started (finished or running),
+    the earlier on a tie, while it has fewer than `quota`; None when every target has its quota. Targets
+    take turns, so a search stopped early has about as many trials for each."""
+    open_targets = [label for label, count in started.items() if count < quota]
+    return min(open_targets, key=lambda label: started[label]) if open_targets else None
+
+
+def trials_for_target(trials: list[dict], target: str, metric: str, limit: float) -> list[dict]:
+    """The trials a target's pick is made among: its own, and every other target's that came out within its
+    budget (a model made for a tighter target may be the best for a looser one)."""
+    return [t for t in trials if t.get("target") == target or _cost(t, metric) <= limit]
 
 
 def trial_step(stage: str, part: int, epoch: int, distill_epochs: int, recovery_epochs: int) -> int | None:

@@ -1,6 +1,7 @@
 """The `search` flow: the most accurate compressed model within a budget (MACs, params, file size or
 latency), found by Optuna over depth, width, pruning importance, distillation and int8, with trials in
-parallel on Dask.
+parallel on Dask; with several budget targets, one model per target, each registered under the target's
+alias (@macs-10pct), from trials that share the cache and the cluster.
 
 search: the chain's teacher stages (flows/chain.py) -> plan_search -> [trials on Dask: the chain's compression
 stages, measured on val] -> top-k trained again at full epochs -> search_report -> the chain's evaluation
@@ -43,10 +44,13 @@ from tasks.search import (
     study_key,
     study_session,
     target_trials,
+    target_views,
     trial_config,
+    trial_name,
     trial_overrides,
     trial_pruning,
     trial_run,
+    view_of,
 )
 from tasks.tracking import fail_orphaned_runs
 
@@ -56,11 +60,12 @@ log = logging.getLogger("shrinkflow")
 @task(name="trial", cache_policy=None, persist_result=False)
 def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, number: int, settings: dict,
           full: bool = False, enqueued: str | None = None) -> dict:
-    """One trial: the stages with the trial's settings, in a Dask worker, one torch thread; its outcome, also
-    when its pruner stopped it (its runs end KILLED, tagged search.state PRUNED)."""
+    """One trial for one budget target (`plan` as that target reads it): the stages with the trial's settings,
+    in a Dask worker, one torch thread; its outcome, also when its pruner stopped it (its runs end KILLED,
+    tagged search.state PRUNED)."""
     torch.set_num_threads(1)
     try:
-        with trial_run(ctx, study_key(cfg, teacher, plan), number, settings, full, enqueued) as (trial_ctx, handle):
+        with trial_run(ctx, study_key(cfg, teacher), plan, number, settings, full, enqueued) as (trial_ctx, handle):
             overrides = trial_overrides(cfg, settings, plan, full)
             handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
             trial_cfg = trial_config(cfg, overrides)
@@ -76,12 +81,14 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
         return pruned_outcome(number, settings, stop)
 
 
-def _outcome(future, number: int, settings: dict, enqueued: str | None) -> dict:
+def _outcome(future, view: dict, number: int, settings: dict, enqueued: str | None) -> dict:
+    """The trial's outcome, with its target and name; a trial that raised is a failed one."""
     try:
         outcome = future.result()
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
-        log.warning("[search] trial %d failed: %s", number, first_line(exc))
+        log.warning("[search] %s failed: %s", trial_name(view, number), first_line(exc))
         outcome = failed_outcome(number, settings, exc)
+    outcome = {**outcome, "target": view["target"], "name": trial_name(view, number)}
     return {**outcome, "enqueued": enqueued} if enqueued else outcome
 
 
@@ -93,48 +100,64 @@ def _outcome_detail(outcome: dict) -> str:
     return ""
 
 
-def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, study) -> list[dict]:
-    """Ask the study for trials, `parallel` at a time, until `trials` have finished (earlier runs included)."""
-    space, target = sampled_space(cfg), target_trials(cfg)
+def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, studies: dict) -> list[dict]:
+    """Ask each target's study for trials, `parallel` at a time, the targets taking turns, until each has
+    `trials` finished (earlier runs included)."""
+    views, space, quota = {v["target"]: v for v in target_views(plan)}, sampled_space(cfg), target_trials(cfg)
+    done = {label: len(finished(study)) for label, study in studies.items()}
+    flying = dict.fromkeys(studies, 0)
     in_flight: dict = {}
-    done = len(finished(study))
-    if done:
-        log.info("[search] %d of %d trials finished before; running the rest", done, target)
-    while done + len(in_flight) < target or in_flight:
-        while len(in_flight) < cfg.search.parallel and done + len(in_flight) < target:
-            asked = study.ask()
+    total = quota * len(studies)
+    if any(done.values()):
+        log.info("[search] %d of %d trials finished before; running the rest", sum(done.values()), total)
+    while (label := policy.next_target({k: done[k] + flying[k] for k in studies}, quota)) or in_flight:
+        while label and len(in_flight) < cfg.search.parallel:
+            asked = studies[label].ask()
             settings, enqueued = policy.sample(asked, space), asked.user_attrs.get("enqueued")
-            future = trial.submit(cfg, ctx, data, teacher, plan, asked.number, settings, enqueued=enqueued)
-            in_flight[future] = (asked, settings, enqueued)
+            future = trial.submit(cfg, ctx, data, teacher, views[label], asked.number, settings, enqueued=enqueued)
+            in_flight[future], flying[label] = (label, asked, settings, enqueued), flying[label] + 1
+            label = policy.next_target({k: done[k] + flying[k] for k in studies}, quota)
         future = next(as_completed(list(in_flight)))
-        asked, settings, enqueued = in_flight.pop(future)
-        outcome = _outcome(future, asked.number, settings, enqueued)
-        record(study, asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
-        done += 1
-        log.info("[search] trial %d %s (%d/%d)%s", asked.number, outcome["state"].lower(), done, target,
+        label, asked, settings, enqueued = in_flight.pop(future)
+        outcome = _outcome(future, views[label], asked.number, settings, enqueued)
+        record(studies[label], asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
+        done[label], flying[label] = done[label] + 1, flying[label] - 1
+        log.info("[search] %s %s (%d/%d)%s", outcome["name"], outcome["state"].lower(), sum(done.values()), total,
                  _outcome_detail(outcome))
-    return finished(study)
+    return [outcome for study in studies.values() for outcome in finished(study)]
+
+
+def _to_retrain(cfg: PipelineConfig, plan: dict, trials: list[dict]) -> list[dict]:
+    """Per target, its top_k trials among its own and the others' within its budget (feasible first, then by
+    accuracy), and its recipe's trial; each trial once."""
+    chosen = {}
+    for view in target_views(plan):
+        among = policy.trials_for_target(trials, view["target"], plan["metric"], view["limit"])
+        ranked = policy.rank_for_retraining(among, plan["metric"], view["limit"], plan["teacher"]["val_accuracy"],
+                                            cfg.search.budget.max_accuracy_drop)
+        best = policy.finalists(ranked, cfg.search.top_k, view["target"]) if cfg.search.top_k else ranked[:1]
+        for t in best:
+            chosen.setdefault(t["name"], t)
+    return list(chosen.values())
 
 
 def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
-    """The top_k trials (feasible first, then by accuracy), and the recipe's trial, trained again at the
-    config's full epochs."""
-    ranked = policy.rank_for_retraining(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
-                                        cfg.search.budget.max_accuracy_drop)
+    """The trials _to_retrain names trained again at the config's full epochs (top_k 0: as they are)."""
+    best = _to_retrain(cfg, plan, trials)
     if cfg.search.top_k == 0:
-        return ranked[:1]
-    futures = {trial.submit(cfg, ctx, data, teacher, plan, t["number"], t["settings"], full=True,
-                            enqueued=t.get("enqueued")): t
-               for t in policy.finalists(ranked, cfg.search.top_k)}
-    outcomes = [_outcome(f, t["number"], t["settings"], t.get("enqueued")) for f, t in futures.items()]
+        return best
+    futures = {trial.submit(cfg, ctx, data, teacher, view_of(plan, t), t["number"], t["settings"], full=True,
+                            enqueued=t.get("enqueued")): t for t in best}
+    outcomes = [_outcome(f, view_of(plan, t), t["number"], t["settings"], t.get("enqueued"))
+                for f, t in futures.items()]
     return [o for o in outcomes if o["state"] == "COMPLETE"]
 
 
 @flow(name="search-trials")
 def search_trials(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict) -> dict:
     """The trials and the top-k re-training, on the task runner the search flow gives it (Dask)."""
-    with study_session(cfg, ctx, teacher, plan) as study:
-        trials = _explore(cfg, ctx, data, teacher, plan, study)
+    with study_session(cfg, ctx, teacher, plan) as studies:
+        trials = _explore(cfg, ctx, data, teacher, plan, studies)
     return {"trials": trials, "finalists": _retrain_best(cfg, ctx, data, teacher, plan, trials)}
 
 
@@ -164,23 +187,35 @@ def prefect_api_for_workers():
 
 
 def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[dict], parent_run_id: str):
-    """The finalist to register: the most accurate within the budget and the register gates (latency measured
-    in evaluate, the gates' figures by the fidelity stage); when none passes the gates, the pick among all of
-    them, as challenger."""
+    """Per budget target, the finalist to register: the most accurate within its budget and the register gates
+    (latency measured in evaluate, the gates' figures by the fidelity stage); when none passes the gates, the
+    pick among all of them, as challenger. One target: that choice (alias champion or challenger); several: a
+    list, each aliased by its target (@macs-10pct, or @macs-10pct-challenger)."""
     by_name = {r["candidate"]: r for r in rows}
     for final in finalists:
-        final["latency_ms"] = by_name[f"trial-{final['number']}"]["latency_p50_ms"]
-    pick = functools.partial(policy.pick, metric=plan["metric"], limit=plan["limit"],
-                             teacher_accuracy=plan["teacher"]["val_accuracy"],
-                             max_drop=cfg.search.budget.max_accuracy_drop)
-    best, alias = pick_within_gates(finalists, lambda f: by_name[f"trial-{f['number']}"],
-                                    cfg.register.gates.limits(), pick)
-    if best is None:
+        final["latency_ms"] = by_name[final["name"]]["latency_p50_ms"]
+    choices = []
+    for view in target_views(plan):
+        among = policy.trials_for_target(finalists, view["target"], plan["metric"], view["limit"])
+        pick = functools.partial(policy.pick, metric=plan["metric"], limit=view["limit"],
+                                 teacher_accuracy=plan["teacher"]["val_accuracy"],
+                                 max_drop=cfg.search.budget.max_accuracy_drop)
+        best, alias = pick_within_gates(among, lambda f: by_name[f["name"]], cfg.register.gates.limits(), pick)
+        if best is None:
+            continue
+        challenger = f"{view['target']}-challenger" if view["several"] else "challenger"
+        tags = {"search_run_id": parent_run_id, "search_trial": best["name"],
+                "search_settings": str(best["settings"])[:5000], "search_target": view["target"],
+                "search_budget": f"{plan['metric']}<={view['limit']:.6g}",
+                # a file two targets picked is one version: each target's tag stays
+                **({f"search_budget.{view['target']}": f"{plan['metric']}<={view['limit']:.6g}"}
+                   if view["several"] else {}),
+                **({"search_enqueued": best["enqueued"]} if best.get("enqueued") else {})}
+        choices.append({"candidate": best["name"], "tags": tags, "challenger_alias": challenger,
+                        "alias": (view["target"] if view["several"] else alias) if alias == "champion" else challenger})
+    if not choices:
         return None
-    tags = {"search_run_id": parent_run_id, "search_trial": str(best["number"]),
-            "search_settings": str(best["settings"])[:5000], "search_budget": f"{plan['metric']}<={plan['limit']:.6g}",
-            **({"search_enqueued": best["enqueued"]} if best.get("enqueued") else {})}
-    return {"candidate": f"trial-{best['number']}", "alias": alias, "tags": tags}
+    return choices if len(plan["targets"]) > 1 else choices[0]
 
 
 def run_search(cfg: PipelineConfig) -> dict:
@@ -195,8 +230,8 @@ def run_search(cfg: PipelineConfig) -> dict:
                 found = search_trials.with_options(task_runner=dask_runner(cfg))(cfg, run.ctx, data, teacher, plan)
         finally:  # trial runs of a Dask worker that died on this host: FAILED now, not RUNNING until next time
             fail_orphaned_runs(run.ctx.client(), run.ctx.experiment_id)
-        run(search_report, trials=found["trials"], plan=plan)
-        run.offer(*({**f["model"], "name": f"trial-{f['number']}"} for f in found["finalists"]))  # after the teacher
+        run(search_report, trials=found["trials"], plan=plan, finalists=found["finalists"])
+        run.offer(*({**f["model"], "name": f["name"]} for f in found["finalists"]))  # after the teacher
         result = run.finish(data, teacher, cfg.register.enabled,
                             choose=lambda rows: _choice(plan, cfg, found["finalists"], rows, run.ctx.parent_run_id))
         return {**result, "trials": found["trials"], "finalists": found["finalists"], "plan": plan,

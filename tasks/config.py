@@ -342,27 +342,48 @@ CHOICE_KNOBS = ("trim.keep_per_stage", "prune.importance", "quantize.enabled")
 SHARE_PATTERN = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 
 
+def _one_budget(value):
+    """A budget limit: a positive finite number (YAML's "3e6" text too) or a share such as "10%"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"")
+    if isinstance(value, str) and not SHARE_PATTERN.match(value):
+        try:  # YAML reads 3e6 as text
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"") from None
+    if isinstance(value, str):
+        share = float(SHARE_PATTERN.match(value).group(1))
+        if not 0 < share <= 100:
+            raise ValueError(f"{value} must be more than 0% and at most 100% of the teacher")
+    elif not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{value} must be a finite number greater than 0")
+    return value
+
+
 class BudgetConfig(Section):
     metric: Literal["macs", "params", "size_bytes", "latency_ms"] = "macs"
-    max: float | str = Field("10%", description="a number, or a share of the fine-tuned teacher such as \"10%\"")
+    max: float | str | list[float | str] = Field(
+        "10%", description="a number, or a share of the fine-tuned teacher such as \"10%\"; or a list of them: "
+                           "one search, one registered model per target")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the fine-tuned teacher on the val split")
 
-    @field_validator("max")
+    @field_validator("max", mode="before")
     @classmethod
     def _max(cls, value):
-        if isinstance(value, str) and not SHARE_PATTERN.match(value):
-            try:  # YAML reads 3e6 as text
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is neither a number nor a share like \"10%\"") from None
-        if isinstance(value, str):
-            match = SHARE_PATTERN.match(value)
-            share = float(match.group(1))
-            if not 0 < share <= 100:
-                raise ValueError(f"{value} must be more than 0% and at most 100% of the teacher")
-        elif not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{value} must be a finite number greater than 0")
-        return value
+        if not isinstance(value, list):
+            return _one_budget(value)
+        if not value:
+            raise ValueError("the list of targets is empty; give at least one budget")
+        targets = [_one_budget(v) for v in value]
+        labels = [str(v).strip() for v in targets]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(f"target {label} is given twice")
+        return targets[0] if len(targets) == 1 else targets
+
+    def targets(self) -> list[float | str]:
+        """The budgets one search registers a model for, in the order given."""
+        return list(self.max) if isinstance(self.max, list) else [self.max]
 
 
 class KnobConfig(Section):

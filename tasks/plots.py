@@ -97,41 +97,51 @@ def pareto(rows: list[dict], x: str, xlabel: str):
     return fig
 
 
-def search_pareto(trials: list[dict], plan: dict, max_drop: float):
-    """Val accuracy of every completed trial against the budget metric: the budget line and the accuracy
-    floor drawn, trials outside either grey, the best feasible one marked."""
-    metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
+def search_pareto(trials: list[dict], plan: dict, max_drop: float, picks: dict[str, dict]):
+    """Val accuracy of every completed trial against the budget metric: each target's budget line and the
+    accuracy floor drawn, trials within no target's budget or under the floor grey, each target's pick (at
+    full epochs) marked and named."""
+    metric, teacher = plan["metric"], plan["teacher"]["val_accuracy"]
+    loosest = max(t["limit"] for t in plan["targets"])
     done = [t for t in trials if t["state"] == "COMPLETE" and t.get(metric) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
-    feasible = [t for t in done if is_feasible(t, metric, limit, teacher, max_drop)]
+    feasible = [t for t in done if is_feasible(t, metric, loosest, teacher, max_drop)]
     others = [t for t in done if t not in feasible]
     if others:
         ax.scatter([t[metric] for t in others], [t["accuracy"] for t in others], s=30, color="lightgrey",
-                   label="outside the budget or the accuracy floor")
+                   label="outside every budget or the accuracy floor")
     if feasible:
         ax.scatter([t[metric] for t in feasible], [t["accuracy"] for t in feasible], s=40, label="feasible")
-        best = max(feasible, key=lambda t: t["accuracy"])
-        ax.scatter([best[metric]], [best["accuracy"]], s=140, facecolors="none", edgecolors="red", label="best")
     for t in done:  # the trial of the config's own settings says so: the point the search has to beat
         label = f"{t['number']} ({t['enqueued']})" if t.get("enqueued") else str(t["number"])
         ax.annotate(label, (t[metric], t["accuracy"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.axvline(limit, color="red", ls="--", lw=1, label=f"budget {limit:,.0f}")
+    for i, target in enumerate(plan["targets"]):
+        name = target["label"] if len(plan["targets"]) > 1 else "budget"
+        ax.axvline(target["limit"], color="red", ls="--", lw=1, alpha=1 - 0.5 * i / len(plan["targets"]),
+                   label=f"{name} {target['limit']:,.0f}")
+    for label, pick in picks.items():
+        ax.scatter([pick[metric]], [pick["accuracy"]], s=140, facecolors="none", edgecolors="red")
+        ax.annotate(f"pick {label}" if len(picks) > 1 else "pick", (pick[metric], pick["accuracy"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7, color="red")
     ax.axhline(teacher - max_drop, color="grey", ls=":", lw=1, label="teacher - max drop")
-    ax.set(xlabel=metric, ylabel="val accuracy", title=f"search trials: accuracy vs {metric}")
+    ax.set(xlabel=metric, ylabel="val accuracy", title=f"search trials: accuracy vs {metric} (picks: full epochs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def best_so_far(values: list[float | None]):
-    """The best feasible val accuracy found after each trial."""
+def best_so_far(curves: dict[str, list[float | None]]):
+    """Per budget target, the best feasible val accuracy found after each of its trials."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    points = [(i, v) for i, v in enumerate(values) if v is not None]
-    if points:
-        ax.step(*zip(*points), where="post", marker="o")
+    for label, values in curves.items():
+        points = [(i, v) for i, v in enumerate(values) if v is not None]
+        if points:
+            ax.step(*zip(*points), where="post", marker="o", label=label if len(curves) > 1 else None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel="best feasible val accuracy", title="best so far")
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -182,7 +182,8 @@ def _decide(settings, rows: list[dict], choice: dict | None) -> tuple[dict, str,
     row = next(r for r in rows if r["candidate"] == choice["candidate"])
     failed = [describe(r) for r in check_gates(row, gates) if not r["passed"]] if row is not reference_row(rows) else []
     if failed:
-        return row, "challenger", [f"{row['candidate']} is not @champion: gate " + "; gate ".join(failed)]
+        fallback = choice.get("challenger_alias", "challenger")
+        return row, fallback, [f"{row['candidate']} is not @{choice['alias']}: gate " + "; gate ".join(failed)]
     return row, choice["alias"], []
 
 
@@ -201,22 +202,38 @@ def _gate_record(settings, rows: list[dict], row: dict) -> tuple[dict, dict]:
     return gate_tags(results), metrics
 
 
-@stage_task("register", sections=("register", "source", "evaluate"), cache=False)
-def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict],
-             choice: dict | None = None) -> dict:
-    """`choice` ({"candidate", "alias", "tags"}) names what to register, e.g. a search's pick; without it
-    the register policy chooses (compression/selection.py). Either way the gates decide whether it may be
-    champion."""
+def _register_one(cfg: PipelineConfig, ctx: RunContext, run, data: dict, rows: list[dict], choice: dict | None,
+                  several: bool) -> dict:
+    """One registration: the row chosen, its version (found or made and checked), its alias. With `several`
+    (a search's targets), the register run's tags and metrics carry the alias, so that each keeps its own."""
     settings = cfg.register
     row, alias, decision = _decide(settings, rows, choice)
     for line in decision:
-        log.log(logging.INFO if alias == "champion" else logging.WARNING, "[register] %s", line)
+        log.log(logging.INFO if alias == (choice or {}).get("alias", "champion") else logging.WARNING,
+                "[register] %s", line)
     tags, metrics = _gate_record(settings, rows, row)
-    run.set_tags({"chosen": row["candidate"], "alias": alias, RUNTIME_TAG: served_runtime(settings, row), **tags,
-                  **({"decision": " | ".join(decision)[:5000]} if decision else {})})
+    suffix = f".{alias}" if several else ""
+    run.set_tags({f"chosen{suffix}": row["candidate"], f"alias{suffix}": alias,
+                  RUNTIME_TAG + suffix: served_runtime(settings, row),
+                  **{k + suffix: v for k, v in tags.items()},
+                  **({f"decision{suffix}": " | ".join(decision)[:5000]} if decision else {})})
     version = _the_version(cfg, ctx, run, data, row, {**(choice or {}).get("tags", {}), **tags})
     run.client.set_registered_model_alias(settings.model_name, alias, version.version)
-    run.log_metrics({"registered_version": int(version.version), **metrics})
+    run.log_metrics({f"registered_version{suffix}": int(version.version),
+                     **{k + suffix: v for k, v in metrics.items()}})
     return {"model_name": settings.model_name, "version": version.version, "alias": alias,
             "candidate": row["candidate"], "accuracy": row["accuracy"], "runtime": served_runtime(settings, row),
             "uri": f"models:/{settings.model_name}@{alias}", "decision": decision}
+
+
+@stage_task("register", sections=("register", "source", "evaluate"), cache=False)
+def register(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, rows: list[dict],
+             choice: dict | list[dict] | None = None) -> dict:
+    """`choice` ({"candidate", "alias", "tags"}) names what to register, e.g. a search's pick; without it
+    the register policy chooses (compression/selection.py). Either way the gates decide whether it may have
+    its alias (else `challenger_alias`, by default challenger). A list (a search's one pick per budget target)
+    registers each: the first's record, and all of them under "registrations"."""
+    if not isinstance(choice, list):
+        return _register_one(cfg, ctx, run, data, rows, choice, several=False)
+    done = [_register_one(cfg, ctx, run, data, rows, one, several=True) for one in choice]
+    return {**done[0], "registrations": done}

@@ -1,11 +1,16 @@
-"""Search tasks: the plan (budget against the teacher, widths that meet it), the Optuna study, one trial's
-MLflow run and measurements, and the search report on the pipeline run.
+"""Search tasks: the plan (each budget target against the teacher, widths that meet it), the Optuna study, one
+trial's MLflow run and measurements, and the search report on the pipeline run.
 
 The study lives in `<output_dir>/search/<key>/study.db` (SQLite), next to the stage outputs the trials
-write: a search that was killed finds its finished and pruned trials there. The flow process asks and tells
-it; with a pruner, each trial's worker also opens it, to report the trial's val accuracy per epoch and ask
-the pruner whether to go on (`trial_pruning`): Optuna's own pruners read every trial's reports from the
-storage, which is how Optuna spreads one study over processes.
+write: a search that was killed finds its finished and pruned trials there. It holds one Optuna study per
+budget target (named by its label, "macs-10pct"): TPE's split into good and bad trials and the pruner's rungs
+compare accuracies, which differ between budgets more than between settings. The key leaves the budgets
+out, so a search with one more target finds the others' trials done and runs only the new target's.
+
+The flow process asks and tells the studies; with a pruner, each trial's worker also opens its target's
+study, to report the trial's val accuracy per epoch and ask the pruner whether to go on (`trial_pruning`):
+Optuna's own pruners read every trial's reports from the storage, which is how Optuna spreads one study
+over processes.
 """
 
 from __future__ import annotations
@@ -119,29 +124,55 @@ def _teacher_costs(model, teacher: ModelRef, size: int, threads: int) -> dict:
             "size_bytes": file_size(teacher["path"]), "latency_ms": speed["latency_p50_ms"]}
 
 
+def _target(cfg: PipelineConfig, model, costs: dict, value, meta: dict) -> dict:
+    """One budget target: its label, its limit in absolute terms and the width of every depth choice; stops,
+    before any training, a target the space cannot reach."""
+    metric = cfg.search.budget.metric
+    limit = policy.resolve_limit(value, costs[metric], metric)
+    widths = _widths(cfg, model, limit, meta) if metric in CONSTRUCTIVE else {}
+    if metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
+        floor = policy.smallest_reachable(model, metric, space_of(cfg),
+                                          iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to)
+        raise CompressionError(f"search.budget.max: {metric} <= {limit:,.0f} cannot be reached; the smallest "
+                               f"this search space reaches is {floor:,.0f} ({100 * floor / costs[metric]:.1f}% "
+                               "of the teacher)")
+    return {"label": policy.target_label(metric, value), "max": value, "limit": limit, "widths": widths}
+
+
 @stage_task("plan_search", sections=("search", "trim", "prune", "quantize", "distill", "evaluate"))
 def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: ModelRef) -> dict:
-    """The budget in absolute terms, the teacher's val accuracy (the reference for the accuracy drop), and the
-    width of every depth choice; stops, before any training, a budget the space cannot reach."""
+    """Every budget target in absolute terms with the width of every depth choice that meets it, and the
+    teacher's costs and val accuracy (the reference for the accuracy drop)."""
     bundle = get_bundle(cfg, data)
     model = load(teacher)
     budget = cfg.search.budget
     costs = _teacher_costs(model, teacher, bundle.input_size, cfg.evaluate.threads)
-    limit = policy.resolve_limit(budget.max, costs[budget.metric], budget.metric)
     val = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size, channels=input_channels(model)))
     meta = bundle.model_meta()  # as save_candidate
-    widths = _widths(cfg, model, limit, meta) if budget.metric in CONSTRUCTIVE else {}
-    if budget.metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
-        floor = policy.smallest_reachable(model, budget.metric, space_of(cfg),
-                                          iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to)
-        raise CompressionError(f"search.budget.max: {budget.metric} <= {limit:,.0f} cannot be reached; the smallest "
-                               f"this search space reaches is {floor:,.0f} ({100 * floor / costs[budget.metric]:.1f}% "
-                               "of the teacher)")
-    run.log_metrics({f"teacher.{k}": v for k, v in costs.items()} | {"budget_limit": limit,
-                                                                       "teacher.val_accuracy": val["accuracy"]})
-    run.log_dict({"widths": widths}, "widths.json")
-    return {"metric": budget.metric, "limit": limit, "teacher": {**costs, "val_accuracy": val["accuracy"]},
-            "widths": widths}
+    targets = [_target(cfg, model, costs, value, meta) for value in budget.targets()]
+    limits = ({"budget_limit": targets[0]["limit"]} if len(targets) == 1
+              else {f"budget_limit.{t['label']}": t["limit"] for t in targets})
+    run.log_metrics({f"teacher.{k}": v for k, v in costs.items()} | limits | {"teacher.val_accuracy": val["accuracy"]})
+    run.log_dict({t["label"]: t["widths"] for t in targets}, "widths.json")
+    return {"metric": budget.metric, "teacher": {**costs, "val_accuracy": val["accuracy"]}, "targets": targets}
+
+
+def for_target(plan: dict, label: str) -> dict:
+    """The plan as one target's trials read it: the metric and the teacher, that target's limit and widths,
+    and whether trial names must say the target (when the search has several)."""
+    target = next(t for t in plan["targets"] if t["label"] == label)
+    return {"metric": plan["metric"], "teacher": plan["teacher"], "target": label, "limit": target["limit"],
+            "widths": target["widths"], "several": len(plan["targets"]) > 1}
+
+
+def target_views(plan: dict) -> list[dict]:
+    return [for_target(plan, t["label"]) for t in plan["targets"]]
+
+
+def trial_name(view: dict, number: int) -> str:
+    """A trial's name as a candidate and in MLflow: trial-3, or trial-macs-10pct-3 in a search of several
+    targets (each target's study numbers its trials from 0)."""
+    return f"trial-{view['target']}-{number}" if view["several"] else f"trial-{number}"
 
 
 def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool) -> dict:
@@ -183,13 +214,15 @@ def trial_config(cfg: PipelineConfig, overrides: dict) -> PipelineConfig:
 
 
 @contextmanager
-def trial_run(ctx: RunContext, study: str, number: int, settings: dict, full: bool, enqueued: str | None = None):
+def trial_run(ctx: RunContext, study: str, view: dict, number: int, settings: dict, full: bool,
+              enqueued: str | None = None):
     """The trial's MLflow run under the search's pipeline run, tagged with its study (a search resumed after a
-    stop lists the trials of the earlier one by it) and, for a trial the search enqueued itself, with why
-    (`search.enqueued`: recipe); FAILED with the error as a tag if it raises."""
+    stop lists the trials of the earlier one by it), its budget target and, for a trial the search enqueued
+    itself, with why (`search.enqueued`: recipe); FAILED with the error as a tag if it raises."""
     with stage_run(ctx, "trial-full" if full else "trial") as run:
         run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.study": study, "shrinkflow.trial": str(number),
-                      "mlflow.runName": f"trial-{number}{'-full' if full else ''}",
+                      "search.target": view["target"],
+                      "mlflow.runName": f"{trial_name(view, number)}{'-full' if full else ''}",
                       **({"search.enqueued": enqueued} if enqueued else {})})
         run.log_params({"trial": number, "full_fidelity": full, **settings})
         try:
@@ -232,18 +265,18 @@ class _EpochReporter:
     come from the cache trains nothing); one that cannot be reached leaves the trial to run to its end, with
     a warning (the pruner saves time, a trial does not need it)."""
 
-    def __init__(self, cfg: PipelineConfig, trial_cfg: PipelineConfig, path: Path, number: int,
+    def __init__(self, cfg: PipelineConfig, trial_cfg: PipelineConfig, path: Path, name: str, number: int,
                  prunable: bool) -> None:
-        self.cfg, self.path, self.number, self.prunable, self.trial = cfg, path, number, prunable, None
+        self.cfg, self.path, self.name, self.number, self.prunable, self.trial = cfg, path, name, number, prunable, None
         self.storage: optuna.storages.RDBStorage | None = None
         self.distill, self.recovery = trial_cfg.distill.train.epochs, trial_cfg.prune.train.epochs
         self.last = _trial_length(self.distill, trial_cfg.prune, self.recovery)
 
     def _open(self) -> optuna.trial.Trial:
         self.storage = storage = study_storage(self.path)
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, pruner=make_pruner(self.cfg),
+        study = optuna.load_study(study_name=self.name, storage=storage, pruner=make_pruner(self.cfg),
                                   sampler=optuna.samplers.RandomSampler())  # the flow samples; this only reports
-        study_id = storage.get_study_id_from_name(STUDY_NAME)
+        study_id = storage.get_study_id_from_name(self.name)
         return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, self.number))
 
     def __call__(self, stage: str, part: int, row: dict) -> None:
@@ -281,7 +314,7 @@ def trial_pruning(cfg: PipelineConfig, trial_cfg: PipelineConfig, teacher: Model
     if full or cfg.search.pruner == "none":
         yield
         return
-    reporter = _EpochReporter(cfg, trial_cfg, study_path(cfg, teacher, plan), number,
+    reporter = _EpochReporter(cfg, trial_cfg, study_path(cfg, teacher), plan["target"], number,
                               prunable=enqueued != policy.RECIPE)
     token = EPOCH_OBSERVER.set(reporter)
     try:
@@ -307,19 +340,17 @@ def measure_trial(cfg: PipelineConfig, run: StageRun, data: dict, number: int, s
             "run_id": run.run_id, "model": dict(final)}
 
 
-def study_key(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> str:
-    """One study per teacher file, data, seed, budget, space, fidelity and stage settings."""
-    identity = {"teacher": teacher["sha256"], "seed": cfg.seed,
-                "plan": {k: plan[k] for k in ("metric", "limit", "widths")},
-                **cfg.stage_dict("data", "trim", "distill", "prune", "quantize", "search")}
+def study_key(cfg: PipelineConfig, teacher: ModelRef) -> str:
+    """One study file per teacher file, data, seed, budget metric, space, fidelity and stage settings; the
+    budget targets are its studies (their names), so that adding a target reuses the others' trials."""
+    settings = cfg.stage_dict("data", "trim", "distill", "prune", "quantize", "search")
+    settings["search"]["budget"].pop("max")
+    identity = {"teacher": teacher["sha256"], "seed": cfg.seed, **settings}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def study_path(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> Path:
-    return output_root(cfg) / "search" / study_key(cfg, teacher, plan) / "study.db"
-
-
-STUDY_NAME = "search"
+def study_path(cfg: PipelineConfig, teacher: ModelRef) -> Path:
+    return output_root(cfg) / "search" / study_key(cfg, teacher) / "study.db"
 
 
 def study_storage(path: Path) -> optuna.storages.RDBStorage:
@@ -361,15 +392,15 @@ def _enqueue_recipe(study: optuna.Study, cfg: PipelineConfig) -> None:
     study.enqueue_trial(point, user_attrs={"enqueued": policy.RECIPE})
 
 
-def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Study:
-    """The study (created, or loaded when a search with the same identity ran before), its orphaned trials
-    (left RUNNING by a killed search) failed and queued again with the same settings and marks. What a new
-    study runs first is queued once, when it has no trials: the grid's points, or the recipe."""
-    path = study_path(cfg, teacher, plan)
+def open_study(cfg: PipelineConfig, teacher: ModelRef, view: dict) -> optuna.Study:
+    """The study of one budget target (created, or loaded when a search with the same identity ran before),
+    its orphaned trials (left RUNNING by a killed search) failed and queued again with the same settings and
+    marks. What a new study runs first is queued once, when it has no trials: the grid's points, or the recipe."""
+    path = study_path(cfg, teacher)
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
     sampler = _sampler(cfg, seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=study_storage(path), study_name=STUDY_NAME, direction="maximize",
+    study = optuna.create_study(storage=study_storage(path), study_name=view["target"], direction="maximize",
                                 sampler=sampler, load_if_exists=True)
     if not study.trials and cfg.search.sampler == "grid":
         _queue_grid(study, cfg)
@@ -384,7 +415,7 @@ def open_study(cfg: PipelineConfig, teacher: ModelRef, plan: dict) -> optuna.Stu
 
 
 def target_trials(cfg: PipelineConfig) -> int:
-    """How many trials the search runs: `trials`, or the grid's size when that is smaller."""
+    """How many trials the search runs per budget target: `trials`, or the grid's size when that is smaller."""
     if cfg.search.sampler != "grid":
         return cfg.search.trials
     axes = policy.grid_space(sampled_space(cfg), cfg.search.grid_points)
@@ -393,10 +424,10 @@ def target_trials(cfg: PipelineConfig) -> int:
 
 @contextmanager
 def study_session(cfg: PipelineConfig, ctx: RunContext, teacher: ModelRef, plan: dict):
-    """The study, held by this search alone: a second search on the same study stops with one line
-    instead of failing the first one's running trials as orphans (the lock ends with the process). The
-    search's pipeline run is tagged with the study's key, as its trials are."""
-    path = study_path(cfg, teacher, plan)
+    """Each budget target's study by its label, held by this search alone: a second search on the same study
+    file stops with one line instead of failing the first one's running trials as orphans (the lock ends with
+    the process). The search's pipeline run is tagged with the study's key, as its trials are."""
+    path = study_path(cfg, teacher)
     StageRun(ctx.client(), ctx.parent_run_id, "pipeline").set_tags({"shrinkflow.study": path.parent.name})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name("study.lock"), "a+") as lock:
@@ -406,7 +437,7 @@ def study_session(cfg: PipelineConfig, ctx: RunContext, teacher: ModelRef, plan:
             raise CompressionError(f"another search is running on the study {path}; wait for it or change "
                                    "the search settings") from None
         lock.seek(0), lock.truncate(), lock.write(str(os.getpid())), lock.flush()
-        yield open_study(cfg, teacher, plan)
+        yield {view["target"]: open_study(cfg, teacher, view) for view in target_views(plan)}
 
 
 def finished(study: optuna.Study) -> list[dict]:
@@ -440,16 +471,23 @@ def pruned_outcome(number: int, settings: dict, stop: TrialPruned) -> dict:
             "accuracy_at_stop": stop.value}
 
 
+def view_of(plan: dict, trial: dict) -> dict:
+    """The plan as the trial's target reads it (an outcome recorded before searches had several targets has
+    none: the search's first)."""
+    return for_target(plan, trial.get("target") or plan["targets"][0]["label"])
+
+
 def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
-    metric, limit, teacher = plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"]
+    teacher = plan["teacher"]["val_accuracy"]
     rows = []
     for t in trials:
-        row = {"trial": t["number"], "state": t["state"], "enqueued": t.get("enqueued", ""),
+        view = view_of(plan, t)
+        row = {"trial": t["number"], "target": view["target"], "state": t["state"], "enqueued": t.get("enqueued", ""),
                **{k: json.dumps(v) if isinstance(v, list) else v for k, v in t["settings"].items()}}
         if t["state"] == "COMPLETE":
             row.update({"val_accuracy": round(t["accuracy"], 4), "drop": round(teacher - t["accuracy"], 4),
                         "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"],
-                        "feasible": policy.is_feasible(t, metric, limit, teacher, max_drop)})
+                        "feasible": policy.is_feasible(t, plan["metric"], view["limit"], teacher, max_drop)})
         elif t["state"] == "PRUNED":  # its accuracy at the epoch it was stopped, not a result to compare
             row.update({"stopped_at_epoch": t["stopped_at_epoch"],
                         "val_accuracy_at_stop": round(t["accuracy_at_stop"], 4)})
@@ -459,25 +497,45 @@ def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
     return rows
 
 
+def picks(plan: dict, finalists: list[dict], max_drop: float) -> dict[str, dict]:
+    """Per target, the finalist the budget and the accuracy floor pick (before the register gates, which
+    evaluation measures): among its own finalists and the others' within its budget."""
+    chosen = {}
+    for view in target_views(plan):
+        among = policy.trials_for_target(finalists, view["target"], plan["metric"], view["limit"])
+        best, _ = policy.pick(among, plan["metric"], view["limit"], plan["teacher"]["val_accuracy"], max_drop)
+        if best is not None:
+            chosen[view["target"]] = best
+    return chosen
+
+
+def _curves(plan: dict, trials: list[dict], max_drop: float) -> dict[str, list]:
+    """Per target, the best feasible accuracy after each of its trials."""
+    return {view["target"]: policy.best_so_far([t for t in trials if view_of(plan, t)["target"] == view["target"]],
+                                               plan["metric"], view["limit"], plan["teacher"]["val_accuracy"],
+                                               max_drop)
+            for view in target_views(plan)}
+
+
 @stage_task("search_report", sections=("search",), cache=False)
 def search_report(cfg: PipelineConfig, ctx: RunContext, run: StageRun, workdir, trials: list[dict],
-                  plan: dict) -> dict:
-    """The trials table (CSV, Prefect table artifact), the Pareto plot with the budget line and the best
-    feasible accuracy against trial number, on the pipeline run."""
+                  plan: dict, finalists: list[dict]) -> dict:
+    """The trials table (CSV, Prefect table artifact), the Pareto plot with each target's budget line and its
+    pick among the finalists, and the best feasible accuracy against trial number, on the pipeline run."""
     import pandas as pd
 
     max_drop = cfg.search.budget.max_accuracy_drop
     table = _table(trials, plan, max_drop)
     parent = StageRun(run.client, ctx.parent_run_id, "pipeline")
+    limits = {f"search.budget_limit{'' if len(plan['targets']) == 1 else '.' + t['label']}": t["limit"]
+              for t in plan["targets"]}
     parent.set_tags({"search.sampler_seed": cfg.search.seed if cfg.search.seed is not None else cfg.seed,
                      "search.pruner": cfg.search.pruner,
-                     "search.budget_limit": plan["limit"],
-                     "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
+                     "search.targets": ",".join(t["label"] for t in plan["targets"]),
+                     **limits, "search.teacher_val_accuracy": plan["teacher"]["val_accuracy"]})
     parent.log_text(pd.DataFrame(table).to_csv(index=False), "search/trials.csv")
-    figures = {"search/pareto.png": plots.search_pareto(trials, plan, max_drop),
-               "search/best_so_far.png": plots.best_so_far(
-                   policy.best_so_far(trials, plan["metric"], plan["limit"], plan["teacher"]["val_accuracy"],
-                                      max_drop))}
+    figures = {"search/pareto.png": plots.search_pareto(trials, plan, max_drop, picks(plan, finalists, max_drop)),
+               "search/best_so_far.png": plots.best_so_far(_curves(plan, trials, max_drop))}
     for name, fig in figures.items():
         parent.log_figure(fig, name)
         plots.close(fig)

@@ -74,6 +74,14 @@ def test_source_is_required():
 def test_search_budget_numbers_shares_and_space_values():
     assert load_config("configs/smoke.yaml", {"search.budget.max": "3e6"}).search.budget.max == 3e6  # YAML text
     assert load_config("configs/smoke.yaml", {"search.budget.max": "12.5%"}).search.budget.max == "12.5%"
+    several = load_config("configs/smoke.yaml", {"search.budget.max": '["5%", "3e6", 25]'}).search.budget
+    assert several.max == ["5%", 3e6, 25] and several.targets() == ["5%", 3e6, 25]
+    assert load_config("configs/smoke.yaml", {"search.budget.max": '["5%"]'}).search.budget.targets() == ["5%"]
+    for bad, message in [("[]", "the list of targets is empty"), ('["5%", "5%"]', "target 5% is given twice"),
+                         ('["5%", "150%"]', "150% must be more than 0% and at most 100%"),
+                         ('["5%", true]', "True is neither a number nor a share")]:
+        with pytest.raises(ConfigError, match=rf"search.budget.max: .*{message}"):
+            load_config("configs/smoke.yaml", {"search.budget.max": bad})
     with pytest.raises(ConfigError, match=r"search.space.distill.alpha: 1.5: Input should be less than or equal to 1"):
         load_config("configs/smoke.yaml", {"search.space": '{"distill.alpha": {"low": 0.5, "high": 1.5}}'})
     with pytest.raises(ConfigError, match=r"search.space.trim.keep_per_stage: \[0, 1\]: .*at least 1 block"):

@@ -32,6 +32,8 @@ LEARNABLE = {"data.train_per_class": 100, "data.unlabeled_per_class": 100, "fine
 # The sampler's seed of the killed search: its first two sampled trials are one the pruner stops (two blocks per
 # stage, a rate of 5.0) and one that fails (five stages), both before the recipe completes and the kill comes.
 KILLED_SEARCH_SEED = ("--set", "search.seed=3")
+# The study of the tests' one budget target, "15%" of the teacher's MACs (each target has its own).
+STUDY = "macs-15pct"
 
 
 def _settings(tmp_path: Path, trials: int, **extra) -> list[str]:
@@ -90,7 +92,7 @@ def _study_ready(db: Path) -> bool:
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             return bool(con.execute("SELECT count(*) FROM alembic_version").fetchone()[0]
-                        and con.execute("SELECT count(*) FROM studies WHERE study_name = 'search'").fetchone()[0])
+                        and con.execute("SELECT count(*) FROM studies WHERE study_name = ?", (STUDY,)).fetchone()[0])
     except sqlite3.Error:
         return False
 
@@ -99,7 +101,7 @@ def _study_trials(tmp_path: Path) -> list:
     studies = list((tmp_path / "outputs" / "search").glob("*/study.db"))
     if not studies or not _study_ready(studies[0]):
         return []
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{studies[0]}")
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{studies[0]}")
     return study.get_trials(deepcopy=False)
 
 
@@ -192,7 +194,7 @@ def _check_search_runs(tmp_path: Path, outcomes: set[int], kept: set[int], stdou
         a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     version = client.get_model_version_by_alias("search-model", "champion")
     assert version.tags["search_run_id"] == parent.info.run_id and version.tags["search_trial"]
-    registered = f"trial-{version.tags['search_trial']}"
+    registered = version.tags["search_trial"]
     assert parent.data.metrics[f"{registered}.accuracy"] > 0
     evaluate = next(r for r in runs if r.data.tags.get("shrinkflow.stage") == "evaluate")
     assert evaluate.data.metrics[f"{registered}.macs"] <= limit
@@ -206,8 +208,8 @@ def _check_search_runs(tmp_path: Path, outcomes: set[int], kept: set[int], stdou
 
 SEARCH_BAD_INPUTS = [
     ("unknown budget metric", ["search.budget.metric=flops"], "search.budget.metric: Input should be"),
-    ("budget max 0", ["search.budget.max=0"], "search.budget.max: 0.0 must be a finite number greater than 0"),
-    ("negative budget", ["search.budget.max=-5"], "search.budget.max: -5.0 must be a finite number greater than 0"),
+    ("budget max 0", ["search.budget.max=0"], "search.budget.max: 0 must be a finite number greater than 0"),
+    ("negative budget", ["search.budget.max=-5"], "search.budget.max: -5 must be a finite number greater than 0"),
     ("share over 100%", ["search.budget.max=120%"], "must be more than 0% and at most 100% of the teacher"),
     ("empty space", ["search.space={}"], "search.space: the search space is empty"),
     ("parallel 0", ["search.parallel=0"], "search.parallel: Input should be greater than or equal to 1"),
@@ -268,6 +270,11 @@ def _study_config(tmp_path: Path, **overrides):
                                               **overrides})
 
 
+# One budget target's plan, as its trials read it (tasks.search.for_target).
+VIEW = {"metric": "macs", "target": "macs-10pct", "limit": 1e6, "widths": {}, "several": False,
+        "teacher": {"val_accuracy": 0.9}}
+
+
 def test_a_new_study_queues_the_recipe_once_clipped_and_a_cut_off_recipe_trial_keeps_its_mark(tmp_path):
     """The config's own settings (smoke: one block per stage, temperature 4.0, l2 importance) as the first trial:
     4.0 clipped to the space's 3.0, l2 (no choice) left to the sampler; opened again, the study queues nothing
@@ -277,8 +284,8 @@ def test_a_new_study_queues_the_recipe_once_clipped_and_a_cut_off_recipe_trial_k
     from compression.search import sample
     from tasks.search import open_study, sampled_space, study_path
 
-    cfg, teacher, plan = _study_config(tmp_path), {"sha256": "0" * 64}, {"metric": "macs", "limit": 1e6, "widths": {}}
-    study_path(cfg, teacher, plan).parent.mkdir(parents=True)
+    cfg, teacher, plan = _study_config(tmp_path), {"sha256": "0" * 64}, VIEW
+    study_path(cfg, teacher).parent.mkdir(parents=True)
     study = open_study(cfg, teacher, plan)
     [waiting] = study.get_trials(deepcopy=False)
     assert waiting.state == TrialState.WAITING and waiting.user_attrs == {"enqueued": "recipe"}
@@ -293,7 +300,7 @@ def test_a_new_study_queues_the_recipe_once_clipped_and_a_cut_off_recipe_trial_k
     assert [(t.state, t.user_attrs) for t in trials] == [
         (TrialState.FAIL, {"enqueued": "recipe"}), (TrialState.WAITING, {"enqueued": "recipe", "requeued_from": 0})]
     grid_cfg = _study_config(tmp_path, **{"search.sampler": "grid"})
-    study_path(grid_cfg, teacher, plan).parent.mkdir(parents=True)
+    study_path(grid_cfg, teacher).parent.mkdir(parents=True)
     grid = open_study(grid_cfg, teacher, plan)
     assert not [t for t in grid.trials if t.user_attrs.get("enqueued")]  # the grid is the baseline as it is
 
@@ -323,7 +330,7 @@ def test_the_search_starts_from_the_recipe_and_registers_a_model_at_least_as_acc
     tagged = [r for r in _trial_runs(runs) + _trial_runs(runs, full=True) if r.data.tags.get("search.enqueued")]
     assert {(r.data.tags["shrinkflow.trial"], r.data.tags["search.enqueued"]) for r in tagged} == {("0", "recipe")}
     version = client.get_model_version_by_alias("search-model", "champion")
-    registered = int(version.tags["search_trial"])
+    registered = int(version.tags["search_trial"].removeprefix("trial-"))
     assert _trial_accuracy(runs, registered, full=True) >= _trial_accuracy(runs, 0, full=True)
     assert _trial_accuracy(runs, registered, full=True) >= _trial_accuracy(runs, 0, full=False)
     parent = next(r for r in runs if r.data.tags.get("shrinkflow.flow") == "search")
@@ -332,7 +339,7 @@ def test_the_search_starts_from_the_recipe_and_registers_a_model_at_least_as_acc
 
     rows = pd.read_csv(table, keep_default_na=False)
     assert rows.set_index("trial")["enqueued"].to_dict() == {0: "recipe", 1: "", 2: ""}
-    assert "the config's own settings (recipe): trial 0" in done.stdout
+    assert "the config's own settings (recipe): trial-0," in done.stdout
 
 
 def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behind(tmp_path, capfd, caplog):
@@ -347,15 +354,16 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     from tasks.training import EPOCH_OBSERVER
 
     cfg, teacher = _study_config(tmp_path, **{"search.pruner": "successive_halving"}), {"sha256": "0" * 64}
-    plan = {"metric": "macs", "limit": 1e6, "widths": {}}
+    plan = VIEW
     trial_cfg = trial_config(cfg, {"distill.train.epochs": 1, "prune.train.epochs": 1, "prune.iterative_steps": 1})
-    path = study_path(cfg, teacher, plan)
+    path = study_path(cfg, teacher)
     path.parent.mkdir(parents=True)
     study = open_study(cfg, teacher, plan)
     asked = [study.ask() for _ in range(4)]  # 0 is the recipe
 
     def epoch(number: int, val_acc: float, stage: str = "distill", part: int = 0, prunable: bool = True):
-        _EpochReporter(cfg, trial_cfg, path, number, prunable)(stage, part, {"epoch": 1, "val_accuracy": val_acc})
+        reporter = _EpochReporter(cfg, trial_cfg, path, VIEW["target"], number, prunable)
+        reporter(stage, part, {"epoch": 1, "val_accuracy": val_acc})
 
     epoch(0, 0.60, prunable=False)  # the recipe sets the bar at epoch 1
     epoch(1, 0.90)  # ahead of it: goes on
@@ -371,7 +379,7 @@ def test_workers_report_epochs_to_the_study_and_the_pruner_stops_the_trials_behi
     assert {t.number: t.intermediate_values for t in study.get_trials(deepcopy=False)} == {
         0: {1: 0.60, 2: 0.10}, 1: {1: 0.90}, 2: {1: 0.70}, 3: {2: 0.10}}
     assert study.get_trials(deepcopy=False)[0].system_attrs["completed_rung_0"] == 0.60  # the recipe's bar
-    gone = _EpochReporter(cfg, trial_cfg, tmp_path / "gone" / "study.db", 3, True)
+    gone = _EpochReporter(cfg, trial_cfg, tmp_path / "gone" / "study.db", VIEW["target"], 3, True)
     gone("distill", 0, {"epoch": 1, "val_accuracy": 0.0})
     # where the shrinkflow logger writes depends on what configured logging before (the CLI, Prefect, pytest)
     assert "trial 3 cannot report to its study, it runs to its end" in caplog.text + capfd.readouterr().err
@@ -429,15 +437,63 @@ def test_each_pruner_setting_is_optunas_own_and_hyperband_reports_from_a_worker(
     assert kinds == {"none": optuna.pruners.NopPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
                      "hyperband": optuna.pruners.HyperbandPruner}
     cfg, teacher = _study_config(tmp_path, **{"search.pruner": "hyperband"}), {"sha256": "1" * 64}
-    plan = {"metric": "macs", "limit": 1e6, "widths": {}}
-    path = study_path(cfg, teacher, plan)
+    plan = VIEW
+    path = study_path(cfg, teacher)
     path.parent.mkdir(parents=True)
     study = open_study(cfg, teacher, plan)
     numbers = [study.ask().number for _ in range(3)]
     trial_cfg = trial_config(cfg, {"distill.train.epochs": 1, "prune.train.epochs": 1})  # 1 + 2 steps x 1 epoch
     for number, value in zip(numbers, (0.5, 0.6, 0.7)):  # improving: none is behind
-        reporter = _EpochReporter(cfg, trial_cfg, path, number, prunable=True)
+        reporter = _EpochReporter(cfg, trial_cfg, path, VIEW["target"], number, prunable=True)
         reporter("distill", 0, {"epoch": 1, "val_accuracy": value})
         reporter("prune", 1, {"epoch": 1, "val_accuracy": value})
     assert [t.intermediate_values for t in study.get_trials(deepcopy=False)] == [
         {1: 0.5, 2: 0.5}, {1: 0.6, 2: 0.6}, {1: 0.7, 2: 0.7}]
+
+
+def _search_with_targets(tmp_path: Path, prefect: str, targets: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cli", "search", "configs/smoke.yaml",
+               *_settings(tmp_path, 2, **{"search.space": json.dumps(RECIPE_SPACE), "fidelity.enabled": False,
+                                          "search.budget.max": json.dumps(targets)})]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=_env(tmp_path, prefect), capture_output=True, text=True,
+                          timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_targets_register_a_model_each_within_its_budget_and_a_third_reuses_their_trials(prefect, tmp_path):
+    """One search, two MACs targets: each target's own trials (its own study), one registered version per target
+    under its alias, within that target's budget, with lineage tags naming it; the same search with a third
+    target runs trials for the new target only (the others' come from the study) and registers it too."""
+    done = _search_with_targets(tmp_path, prefect, ["10%", "25%"])
+    client, runs = _runs(tmp_path)
+    [plan] = [r for r in runs if r.data.tags.get("shrinkflow.stage") == "plan_search"]
+    limits = {label: plan.data.metrics[f"budget_limit.{label}"] for label in ("macs-10pct", "macs-25pct")}
+    assert limits["macs-10pct"] < limits["macs-25pct"]
+    for label, limit in limits.items():
+        version = client.get_model_version_by_alias("search-model", label)
+        # a file both targets picked is one version: each target's own tag stays
+        assert version.tags[f"search_budget.{label}"] == f"macs<={limit:.6g}" and version.tags["search_target"]
+        name = f"{version.tags['search_trial']}-full"
+        [full] = [r for r in _trial_runs(runs, full=True) if r.data.tags["mlflow.runName"] == name]
+        assert full.data.metrics["macs"] <= limit
+        assert f"as models:/search-model@{label} " in done.stdout
+    studies = list((tmp_path / "outputs" / "search").glob("*/study.db"))
+    assert len(studies) == 1
+    names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(f"sqlite:///{studies[0]}")}
+    assert names == {"macs-10pct": 2, "macs-25pct": 2}
+    assert {(r.data.tags["search.target"], r.data.tags.get("search.enqueued")) for r in _trial_runs(runs)} == {
+        ("macs-10pct", "recipe"), ("macs-10pct", None), ("macs-25pct", "recipe"), ("macs-25pct", None)}
+    parent = next(r for r in runs if r.data.tags.get("shrinkflow.flow") == "search")
+    assert parent.data.tags["search.targets"] == "macs-10pct,macs-25pct"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "search")} >= {
+        "search/pareto.png", "search/trials.csv", "search/best_so_far.png"}
+
+    _search_with_targets(tmp_path, prefect, ["10%", "25%", "50%"])
+    client, later = _runs(tmp_path)
+    new = [r for r in _trial_runs(later) if r.info.run_id not in {run.info.run_id for run in runs}]
+    assert sorted(r.data.tags["search.target"] for r in new) == ["macs-50pct", "macs-50pct"]
+    assert client.get_model_version_by_alias("search-model", "macs-50pct")
+    assert {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{studies[0]}")} == {
+        "macs-10pct", "macs-25pct", "macs-50pct"}

@@ -172,6 +172,48 @@ def test_finalists_keep_the_recipe_trial_when_it_ranks_below_top_k():
         search.finalists(ranked, 0)
 
 
+def test_target_labels_are_registry_aliases():
+    from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+    labels = {value: search.target_label(metric, value) for metric, value in [
+        ("macs", "10%"), ("macs", " 2.5 %"), ("macs", 3e6), ("latency_ms", 4.5), ("params", 123456), ("size_bytes", "0.5%")]}
+    assert list(labels.values()) == ["macs-10pct", "macs-2p5pct", "macs-3000000", "latency-ms-4p5", "params-123456",
+                                     "size-bytes-0p5pct"]
+    for label in labels.values():
+        _validate_model_alias_name(label)
+        _validate_model_alias_name_reserved(label)
+    with pytest.raises(CompressionError, match="unknown metric"):
+        search.target_label("flops", "10%")
+
+
+def test_targets_take_turns_and_stop_at_their_quota():
+    started, order = {"macs-5pct": 0, "macs-10pct": 0, "macs-25pct": 2}, []
+    while (label := search.next_target(started, 3)) is not None:
+        order.append(label)
+        started[label] += 1
+    assert order == ["macs-5pct", "macs-10pct", "macs-5pct", "macs-10pct", "macs-5pct", "macs-10pct", "macs-25pct"]
+    assert search.next_target({}, 3) is None
+
+
+def test_a_target_picks_among_its_own_trials_and_any_within_its_budget():
+    trials = [{"number": 0, "target": "a", "macs": 50, "state": "COMPLETE", "accuracy": 0.80},
+              {"number": 0, "target": "b", "macs": 90, "state": "COMPLETE", "accuracy": 0.85},
+              {"number": 1, "target": "b", "macs": 120, "state": "COMPLETE", "accuracy": 0.90},
+              {"number": 1, "target": "a", "state": "PRUNED"}]
+    tight = search.trials_for_target(trials, "a", "macs", 60)
+    loose = search.trials_for_target(trials, "b", "macs", 100)
+    assert tight == [trials[0], trials[3]] and loose == trials[:3]
+    assert search.pick(loose, "macs", 100, 0.9, 1.0)[0] is trials[1]  # within b's budget: not b's trial 1
+
+
+def test_each_target_keeps_its_own_recipe_trial():
+    ranked = [{"number": 3, "target": "a"}, {"number": 0, "target": "b", "enqueued": search.RECIPE},
+              {"number": 0, "target": "a", "enqueued": search.RECIPE}]
+    assert search.finalists(ranked, 1, "a") == [ranked[0], ranked[2]]
+    assert search.finalists(ranked, 1, "b") == [ranked[0], ranked[1]]
+    assert search.finalists(ranked, 1) == [ranked[0], ranked[1]]
+
+
 def test_trial_steps_follow_the_schedule_whatever_trained_before():
     # 2 distillation epochs, then 3 prune steps of 2 recovery epochs each: steps 1..8
     steps = [search.trial_step("distill", 0, e, 2, 2) for e in (1, 2)]
