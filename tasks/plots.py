@@ -110,8 +110,14 @@ def search_pareto(trials: list[dict], plan: dict, max_drop: float, picks: dict[s
     if others:
         ax.scatter([t[metric] for t in others], [t["accuracy"] for t in others], s=30, color="lightgrey",
                    label="outside every budget or the accuracy floor")
-    if feasible:
-        ax.scatter([t[metric] for t in feasible], [t["accuracy"] for t in feasible], s=40, label="feasible")
+    several = len(plan["targets"]) > 1
+    for target in plan["targets"]:  # one colour per target (trial numbers count within a target)
+        own = [t for t in feasible if not several or t.get("target") == target["label"]]
+        if own:
+            ax.scatter([t[metric] for t in own], [t["accuracy"] for t in own], s=40,
+                       label=f"feasible, {target['label']}'s trials" if several else "feasible")
+        if not several:
+            break
     for t in done:  # the trial of the config's own settings says so: the point the search has to beat
         label = f"{t['number']} ({t['enqueued']})" if t.get("enqueued") else str(t["number"])
         ax.annotate(label, (t[metric], t["accuracy"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
