@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from contextlib import contextmanager
 
 import dask
@@ -62,33 +63,52 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
           full: bool = False, enqueued: str | None = None) -> dict:
     """One trial for one budget target (`plan` as that target reads it): the stages with the trial's settings,
     in a Dask worker, one torch thread; its outcome, also when its pruner stopped it (its runs end KILLED,
-    tagged search.state PRUNED)."""
+    tagged search.state PRUNED). Where its seconds went is logged with it (`seconds.*`, see _phases)."""
     torch.set_num_threads(1)
+    clock = [("begun", time.perf_counter())]
     try:
         with trial_run(ctx, study_key(cfg, teacher), plan, number, settings, full, enqueued) as (trial_ctx, handle):
+            clock.append(("run_open", time.perf_counter()))
             overrides = trial_overrides(cfg, settings, plan, full)
             handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
             trial_cfg = trial_config(cfg, overrides)
             # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.
             with trial_pruning(cfg, trial_cfg, teacher, plan, number, full, enqueued):
                 made = compress_teacher(StageRunner(trial_cfg, trial_ctx, handle), Made(data=data, teacher=teacher))
+            clock.append(("stages", time.perf_counter()))
             # A size budget's width assumed an int8 file: without one the trial cannot be within the budget.
             if trial_cfg.quantize.enabled and made.int8 is None and plan["metric"] == "size_bytes":
                 raise CompressionError("the int8 model lost more than quantize.max_accuracy_drop; the float "
                                        "model would be over the size budget")
-            return measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
+            outcome = measure_trial(trial_cfg, handle, data, number, settings, made.int8 or made.student)
+            clock.append(("measure", time.perf_counter()))
+            seconds = _phases(clock)
+            handle.log_metrics({f"seconds.{phase}": value for phase, value in seconds.items()})
+            return {**outcome, "seconds": seconds}
     except TrialPruned as stop:
         return pruned_outcome(number, settings, stop)
 
 
-def _outcome(future, view: dict, number: int, settings: dict, enqueued: str | None) -> dict:
-    """The trial's outcome, with its target and name; a trial that raised is a failed one."""
+def _phases(clock: list[tuple[str, float]]) -> dict[str, float]:
+    """A trial's seconds by phase, from the clock readings taken at the end of each: opening its MLflow run
+    (run_open), the compression stages (stages: training, and each stage's cache check and run), measuring
+    its model on val (measure). What the flow waits beyond them (Dask, Prefect's task run) is its `wall`
+    less their sum (_outcome)."""
+    return {name: round(now - before, 3) for (_, before), (name, now) in zip(clock, clock[1:])}
+
+
+def _outcome(future, view: dict, number: int, settings: dict, enqueued: str | None,
+             submitted: float | None = None) -> dict:
+    """The trial's outcome, with its target and name, and the seconds from its submission to its result
+    (`wall`, when `submitted` is given); a trial that raised is a failed one."""
     try:
         outcome = future.result()
     except Exception as exc:  # noqa: BLE001 - a failed trial is recorded and the search goes on
         log.warning("[search] %s failed: %s", trial_name(view, number), first_line(exc))
         outcome = failed_outcome(number, settings, exc)
     outcome = {**outcome, "target": view["target"], "name": trial_name(view, number)}
+    if submitted is not None and "seconds" in outcome:
+        outcome["seconds"] = {**outcome["seconds"], "wall": round(time.perf_counter() - submitted, 3)}
     return {**outcome, "enqueued": enqueued} if enqueued else outcome
 
 
@@ -115,11 +135,12 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
             asked = studies[label].ask()
             settings, enqueued = policy.sample(asked, space), asked.user_attrs.get("enqueued")
             future = trial.submit(cfg, ctx, data, teacher, views[label], asked.number, settings, enqueued=enqueued)
-            in_flight[future], flying[label] = (label, asked, settings, enqueued), flying[label] + 1
+            in_flight[future] = (label, asked, settings, enqueued, time.perf_counter())
+            flying[label] += 1
             label = policy.next_target({k: done[k] + flying[k] for k in studies}, quota)
         future = next(as_completed(list(in_flight)))
-        label, asked, settings, enqueued = in_flight.pop(future)
-        outcome = _outcome(future, views[label], asked.number, settings, enqueued)
+        label, asked, settings, enqueued, submitted = in_flight.pop(future)
+        outcome = _outcome(future, views[label], asked.number, settings, enqueued, submitted)
         record(studies[label], asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
         done[label], flying[label] = done[label] + 1, flying[label] - 1
         log.info("[search] %s %s (%d/%d)%s", outcome["name"], outcome["state"].lower(), sum(done.values()), total,

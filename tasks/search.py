@@ -487,7 +487,8 @@ def _table(trials: list[dict], plan: dict, max_drop: float) -> list[dict]:
         if t["state"] == "COMPLETE":
             row.update({"val_accuracy": round(t["accuracy"], 4), "drop": round(teacher - t["accuracy"], 4),
                         "params": t["params"], "macs": t["macs"], "size_bytes": t["size_bytes"],
-                        "feasible": policy.is_feasible(t, plan["metric"], view["limit"], teacher, max_drop)})
+                        "feasible": policy.is_feasible(t, plan["metric"], view["limit"], teacher, max_drop),
+                        **{f"seconds_{phase}": value for phase, value in t.get("seconds", {}).items()}})
         elif t["state"] == "PRUNED":  # its accuracy at the epoch it was stopped, not a result to compare
             row.update({"stopped_at_epoch": t["stopped_at_epoch"],
                         "val_accuracy_at_stop": round(t["accuracy_at_stop"], 4)})

@@ -176,7 +176,8 @@ def test_target_labels_are_registry_aliases():
     from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
     labels = {value: search.target_label(metric, value) for metric, value in [
-        ("macs", "10%"), ("macs", " 2.5 %"), ("macs", 3e6), ("latency_ms", 4.5), ("params", 123456), ("size_bytes", "0.5%")]}
+        ("macs", "10%"), ("macs", " 2.5 %"), ("macs", 3e6), ("latency_ms", 4.5), ("params", 123456),
+        ("size_bytes", "0.5%")]}
     assert list(labels.values()) == ["macs-10pct", "macs-2p5pct", "macs-3000000", "latency-ms-4p5", "params-123456",
                                      "size-bytes-0p5pct"]
     for label in labels.values():
