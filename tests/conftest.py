@@ -14,6 +14,11 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_STATE / 'mlflow-default.db'}")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# The processes tests start (the CLI, `dask scheduler` and `dask worker`, DDP ranks) import this checkout's
+# packages, not those of whichever checkout the virtual environment's editable install points to: a Dask
+# scheduler that unpickled another checkout's flows/search.py refused every trial of this one.
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Under pytest-xdist (`make test` runs two workers) each worker, and every process its tests start, gets one
 # thread: workers with two threads each on two cores wait for each other's threads. Set before torch is
