@@ -65,8 +65,9 @@ deploy: $(STAMP)
 serve: $(STAMP)
 	eval "$$(deployments/stack.sh env)" && $(BIN)/python deployments/serve.py
 
-# Every benchmark (about two and a half hours on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks the
-# scripts in minutes, writing under bench/.work/quick/ (the published results stay as they are).
+# Every benchmark (about three hours on 2 cores), then docs/benchmarks.md. BENCH_QUICK=1 checks every
+# script on tiny workloads (about 16 minutes on 2 cores), writing only under bench/.work/quick/ (the published
+# results and a full run's caches stay as they are).
 bench: $(STAMP) data
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/datapath.py
