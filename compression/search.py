@@ -547,6 +547,28 @@ def trials_for_target(trials: list[dict], target: str, metric: str, limit: float
     return [t for t in trials if t.get("target") == target or _cost(t, metric) <= limit]
 
 
+def to_retrain(trials: list[dict], targets: list[tuple[str, float]], metric: str, teacher_accuracy: float,
+               max_drop: float, top_k: int) -> list[dict]:
+    """The trials a search trains again at full epochs: per (label, limit) target, the first `top_k` of
+    rank_for_retraining over its own trials and the others' within its limit, and its recipe's trial; each
+    trial once (by its "name"). top_k 0: per target only its best, kept at the trials' epochs."""
+    chosen: dict = {}
+    for label, limit in targets:
+        ranked = rank_for_retraining(trials_for_target(trials, label, metric, limit), metric, limit,
+                                     teacher_accuracy, max_drop)
+        for trial in finalists(ranked, top_k, label) if top_k else ranked[:1]:
+            chosen.setdefault(trial.get("name", (trial.get("target"), trial["number"])), trial)
+    return list(chosen.values())
+
+
+def target_alias(label: str, several: bool, verdict: str) -> str:
+    """The registry alias of a target's pick: champion or challenger when the search has one target; with
+    several, the target's label (@macs-10pct), or label-challenger when it failed the budget or a gate."""
+    if not several:
+        return verdict
+    return label if verdict == "champion" else f"{label}-challenger"
+
+
 def trial_step(stage: str, part: int, epoch: int, distill_epochs: int, recovery_epochs: int) -> int | None:
     """Where epoch `epoch` (1-based, as fit's rows count) of training `part` of `stage` falls in a trial: its
     epochs in the order it trains them, distillation first, then the recovery after each prune step (part 1,

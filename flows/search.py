@@ -148,23 +148,11 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
     return [outcome for study in studies.values() for outcome in finished(study)]
 
 
-def _to_retrain(cfg: PipelineConfig, plan: dict, trials: list[dict]) -> list[dict]:
-    """Per target, its top_k trials among its own and the others' within its budget (feasible first, then by
-    accuracy), and its recipe's trial; each trial once."""
-    chosen = {}
-    for view in target_views(plan):
-        among = policy.trials_for_target(trials, view["target"], plan["metric"], view["limit"])
-        ranked = policy.rank_for_retraining(among, plan["metric"], view["limit"], plan["teacher"]["val_accuracy"],
-                                            cfg.search.budget.max_accuracy_drop)
-        best = policy.finalists(ranked, cfg.search.top_k, view["target"]) if cfg.search.top_k else ranked[:1]
-        for t in best:
-            chosen.setdefault(t["name"], t)
-    return list(chosen.values())
-
-
 def _retrain_best(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, trials: list[dict]) -> list[dict]:
-    """The trials _to_retrain names trained again at the config's full epochs (top_k 0: as they are)."""
-    best = _to_retrain(cfg, plan, trials)
+    """The trials compression.search.to_retrain names, trained again at the config's full epochs (top_k 0:
+    as they are)."""
+    best = policy.to_retrain(trials, [(t["label"], t["limit"]) for t in plan["targets"]], plan["metric"],
+                             plan["teacher"]["val_accuracy"], cfg.search.budget.max_accuracy_drop, cfg.search.top_k)
     if cfg.search.top_k == 0:
         return best
     futures = {trial.submit(cfg, ctx, data, teacher, view_of(plan, t), t["number"], t["settings"], full=True,
@@ -224,7 +212,8 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
         best, alias = pick_within_gates(among, lambda f: by_name[f["name"]], cfg.register.gates.limits(), pick)
         if best is None:
             continue
-        challenger = f"{view['target']}-challenger" if view["several"] else "challenger"
+        alias, challenger = (policy.target_alias(view["target"], view["several"], verdict)
+                             for verdict in (alias, "challenger"))
         tags = {"search_run_id": parent_run_id, "search_trial": best["name"],
                 "search_settings": str(best["settings"])[:5000], "search_target": view["target"],
                 "search_budget": f"{plan['metric']}<={view['limit']:.6g}",
@@ -232,8 +221,7 @@ def _choice(plan: dict, cfg: PipelineConfig, finalists: list[dict], rows: list[d
                 **({f"search_budget.{view['target']}": f"{plan['metric']}<={view['limit']:.6g}"}
                    if view["several"] else {}),
                 **({"search_enqueued": best["enqueued"]} if best.get("enqueued") else {})}
-        choices.append({"candidate": best["name"], "tags": tags, "challenger_alias": challenger,
-                        "alias": (view["target"] if view["several"] else alias) if alias == "champion" else challenger})
+        choices.append({"candidate": best["name"], "alias": alias, "challenger_alias": challenger, "tags": tags})
     if not choices:
         return None
     return choices if len(plan["targets"]) > 1 else choices[0]

@@ -215,6 +215,26 @@ def test_each_target_keeps_its_own_recipe_trial():
     assert search.finalists(ranked, 1) == [ranked[0], ranked[1]]
 
 
+def test_the_trials_trained_again_per_target_each_once():
+    trials = [{"name": "a0", "number": 0, "target": "a", "macs": 50, "state": "COMPLETE", "accuracy": 0.80,
+               "enqueued": search.RECIPE},
+              {"name": "a1", "number": 1, "target": "a", "macs": 55, "state": "COMPLETE", "accuracy": 0.88},
+              {"name": "b0", "number": 0, "target": "b", "macs": 90, "state": "COMPLETE", "accuracy": 0.82,
+               "enqueued": search.RECIPE},
+              {"name": "b1", "number": 1, "target": "b", "macs": 95, "state": "FAIL"}]
+    targets = [("a", 60), ("b", 100)]
+    names = [t["name"] for t in search.to_retrain(trials, targets, "macs", 0.9, 0.5, top_k=1)]
+    assert names == ["a1", "a0", "b0"]  # a1 is best for both targets, trained once; each target's recipe too
+    assert [t["name"] for t in search.to_retrain(trials, targets, "macs", 0.9, 0.5, top_k=0)] == ["a1"]
+
+
+def test_target_aliases():
+    assert [search.target_alias("macs-10pct", False, v) for v in ("champion", "challenger")] == [
+        "champion", "challenger"]
+    assert [search.target_alias("macs-10pct", True, v) for v in ("champion", "challenger")] == [
+        "macs-10pct", "macs-10pct-challenger"]
+
+
 def test_trial_steps_follow_the_schedule_whatever_trained_before():
     # 2 distillation epochs, then 3 prune steps of 2 recovery epochs each: steps 1..8
     steps = [search.trial_step("distill", 0, e, 2, 2) for e in (1, 2)]
