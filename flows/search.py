@@ -124,26 +124,25 @@ def _explore(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, st
     """Ask each target's study for trials, `parallel` at a time, the targets taking turns, until each has
     `trials` finished (earlier runs included)."""
     views, space, quota = {v["target"]: v for v in target_views(plan)}, sampled_space(cfg), target_trials(cfg)
-    done = {label: len(finished(study)) for label, study in studies.items()}
-    flying = dict.fromkeys(studies, 0)
+    started = {label: len(finished(study)) for label, study in studies.items()}  # finished or running
+    done, total = sum(started.values()), quota * len(studies)
     in_flight: dict = {}
-    total = quota * len(studies)
-    if any(done.values()):
-        log.info("[search] %d of %d trials finished before; running the rest", sum(done.values()), total)
-    while (label := policy.next_target({k: done[k] + flying[k] for k in studies}, quota)) or in_flight:
+    if done:
+        log.info("[search] %d of %d trials finished before; running the rest", done, total)
+    while (label := policy.next_target(started, quota)) or in_flight:
         while label and len(in_flight) < cfg.search.parallel:
             asked = studies[label].ask()
             settings, enqueued = policy.sample(asked, space), asked.user_attrs.get("enqueued")
             future = trial.submit(cfg, ctx, data, teacher, views[label], asked.number, settings, enqueued=enqueued)
             in_flight[future] = (label, asked, settings, enqueued, time.perf_counter())
-            flying[label] += 1
-            label = policy.next_target({k: done[k] + flying[k] for k in studies}, quota)
+            started[label] += 1
+            label = policy.next_target(started, quota)
         future = next(as_completed(list(in_flight)))
         label, asked, settings, enqueued, submitted = in_flight.pop(future)
         outcome = _outcome(future, views[label], asked.number, settings, enqueued, submitted)
         record(studies[label], asked, outcome, plan, cfg.search.budget.max_accuracy_drop)
-        done[label], flying[label] = done[label] + 1, flying[label] - 1
-        log.info("[search] %s %s (%d/%d)%s", outcome["name"], outcome["state"].lower(), sum(done.values()), total,
+        done += 1
+        log.info("[search] %s %s (%d/%d)%s", outcome["name"], outcome["state"].lower(), done, total,
                  _outcome_detail(outcome))
     return [outcome for study in studies.values() for outcome in finished(study)]
 
