@@ -171,63 +171,6 @@ def section_compression(r: dict) -> list[str]:
     return out
 
 
-def _found_row(run: dict) -> dict | None:
-    reg = run.get("registered")
-    return next((x for x in run["table"] if reg and x["candidate"] == reg["candidate"]), None)
-
-
-def section_search(r: dict) -> list[str]:
-    """Issue #13's benchmark: search against grid, 2 workers against 1, hit rate, found against hand-tuned."""
-    s, g, one, two = r["search"], r["grid"], r["search_1_worker"], r["search_2_workers"]
-    plan = s["plan"]
-    limit = plan["limit"] if "limit" in plan else plan["targets"][0]["limit"]  # results before several targets
-    out = ["## 7. Search: the best model under a budget", "",
-           f"`python bench/search.py`: `configs/search-quickstart.yaml` (the demo's task), budget MACs <= 10% of the "
-           f"fine-tuned teacher ({limit:,.0f} of {plan['teacher']['macs']:,.0f}) and at most 1 point of val "
-           f"accuracy lost (teacher val accuracy {plan['teacher']['val_accuracy']:.4f}); space: "
-           + ", ".join(f"`{k}` {v}" for k, v in r["space"].items()) + f"; grid: {r['grid_points']} values per range. "
-           + ("int8 is not a knob: every trial's pruned model is quantized (static) and the int8 model is kept "
-              "when it loses at most 1 point against its float model. " if r.get("int8_every_trial") else "")
-           + "Trials at the search's fidelity (`trial_epochs`), scored on val accuracy.", ""]
-    best_s, best_g = s["best_feasible_val_accuracy"], g["best_feasible_val_accuracy"]
-    rows = [{"what": name, "trials": run["completed"], "best": run["best_feasible_val_accuracy"],
-             "trial_s": run["trial_seconds"], "phase_s": run["phase_seconds"],
-             "per_hour": 3600 * run["trials_timed"] / run["phase_seconds"]}
-            for name, run in (("(a) TPE search, 2 workers", s), ("(a) dense grid, 2 workers", g),
-                              ("(c) search, 1 worker", one), ("(c) search, 2 workers", two))]
-    out += [table(rows, [("what", "run", ""), ("trials", "completed trials", "{}"),
-                         ("best", "best feasible val acc", "{:.4f}"), ("trial_s", "trial-seconds", "{:.0f}"),
-                         ("phase_s", "trial phase wall s", "{:.0f}"), ("per_hour", "trials/hour", "{:.0f}")]), ""]
-    if best_s is not None and best_g is not None:
-        gap = 100 * (best_s - best_g)
-        share = s["trial_seconds"] / g["trial_seconds"]
-        out.append(f"- (a) the search ({s['completed']} trials) against the grid ({g['completed']} points): "
-                   f"best feasible "
-                   f"val accuracy {gap:+.2f} points (goal: at "
-                   f"most 0.3 below; {goal(gap >= -0.3)}), in {share:.2f}x the grid's trial-seconds (goal: at most "
-                   f"0.5x; {goal(share <= 0.5)}).")
-    else:
-        out.append("- (a) no feasible trial in " + ("the search" if best_s is None else "the grid") + ": **missed**.")
-    speed = (two["trials_timed"] / two["phase_seconds"]) / (one["trials_timed"] / one["phase_seconds"])
-    out.append(f"- (c) trials per hour, 2 workers against 1: {speed:.2f}x ({goal(speed >= 1.6)}).")
-    completed = sum(run["completed"] for run in (s, g, one, two))
-    within = sum(run["within_budget"] for run in (s, g, one, two))
-    out.append(f"- (d) hit rate: {within} of {completed} completed trials within the MACs budget "
-               f"({100 * within / max(completed, 1):.0f}%; {goal(within == completed)}).")
-    found, hand = _found_row(s), next((x for x in r["quickstart"]["table"] if x["candidate"] == "quantized_static"),
-                                      None)
-    if found and hand:
-        out += ["", "(e) The model the search registered beside the hand-tuned `configs/quickstart.yaml` result "
-                "(its registered int8 model) on the same teacher, test split:", "",
-                table([{**hand, "candidate": "hand-tuned quickstart (int8)"},
-                       {**found, "candidate": f"search: {found['candidate']}"}],
-                      [("candidate", "model", ""), ("accuracy", "test acc", "{:.4f}"), ("params", "params", "{:,}"),
-                       ("macs", "MACs", "{:,}"), ("size_bytes", "file bytes", "{:,}"),
-                       ("latency_p50_ms", "p50 ms (b=1)", "{:.2f}")])]
-    out.append("")
-    return out
-
-
 def section_logging(r: dict, compression: dict | None) -> list[str]:
     rows = [{"backend": name, **v} for name, v in r["backends"].items()]
     out = ["## 4. Logging cost", "",
@@ -380,7 +323,9 @@ def main() -> None:
         lines += section_cache(results["compression"])
     if "startup" in results:
         lines += section_startup(results["startup"])
-    if "search" in results and {"search", "grid", "search_1_worker", "search_2_workers"} <= set(results["search"]):
+    if "search" in results and {"a", "b", "c", "d"} <= set(results["search"]):
+        from bench.search import section as section_search
+
         lines += section_search(results["search"])
     if "families" in results:
         from bench.families import section as section_families

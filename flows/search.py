@@ -30,6 +30,7 @@ from compression.errors import TrialPruned
 from compression.selection import pick_within_gates
 from flows.chain import Made, compress_teacher, prepare_teacher
 from flows.pipeline import StageRunner, tracked_pipeline
+from tasks.allocator import restore_allocator
 from tasks.config import PipelineConfig, load_config
 from tasks.preflight import check_dask, check_search_cluster
 from tasks.search import (
@@ -65,6 +66,7 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
     in a Dask worker, one torch thread; its outcome, also when its pruner stopped it (its runs end KILLED,
     tagged search.state PRUNED). Where its seconds went is logged with it (`seconds.*`, see _phases)."""
     torch.set_num_threads(1)
+    restore_allocator()  # a worker another nanny started (dask worker); the local cluster's need not
     clock = [("begun", time.perf_counter())]
     try:
         with trial_run(ctx, study_key(cfg, teacher), plan, number, settings, full, enqueued) as (trial_ctx, handle):
@@ -177,8 +179,12 @@ def dask_runner(cfg: PipelineConfig) -> DaskTaskRunner:
         check_dask(address)
         return DaskTaskRunner(address=address)
     # Non-daemonic worker processes: a trial on an image folder starts DataLoader workers, which a daemonic
-    # process may not (dask/distributed 2142). Read by the nannies when they start the worker processes.
-    dask.config.set({"distributed.worker.daemon": False})
+    # process may not (dask/distributed 2142). And no MALLOC_TRIM_THRESHOLD_ in their environment (Dask's
+    # default; None unsets it): it slows torch's training (restore_allocator), and the nanny would also put it
+    # into this process's environment, for every process the pipeline starts later. Read by the nannies
+    # when they start the worker processes.
+    dask.config.set({"distributed.worker.daemon": False,
+                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.search.parallel, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None})
 

@@ -97,24 +97,36 @@ def _ratio_bounds(cfg: PipelineConfig, model) -> tuple[float, float]:
 
 
 def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, float | None]:
-    """For each depth and int8 choice, the least pruning that brings the model within the budget."""
-    metric, settings = cfg.search.budget.metric, cfg.prune  # check_constructible(cfg) ran before any work
+    """For each depth and int8 choice, the least pruning that brings the model within the budget. int8 changes
+    a model's file size, not its MACs or params: under those budgets both int8 choices of a depth share one
+    bisection (each costs several trims and prunes of the teacher)."""
+    metric = cfg.search.budget.metric  # check_constructible(cfg) ran before any work
     low, high = _ratio_bounds(cfg, model)
-    widths = {}
+    widths, solved = {}, {}
     for keep in _depths(cfg):
         for quantize in _choices(cfg, "quantize.enabled", cfg.quantize.enabled):
-            def cost(ratio, keep=keep, quantize=quantize):
-                return policy.structural_cost(model, metric, ratio, keep_per_stage=keep,
-                                              trim_strategy=cfg.trim.strategy,
-                                              iterative_steps=settings.iterative_steps, round_to=settings.round_to,
-                                              quantize=bool(quantize) and metric == "size_bytes",
-                                              backend=cfg.quantize.backend, meta=meta)
-            try:
-                widths[width_key(keep, quantize)] = policy.smallest_ratio_within(cost, limit, low, high)
-            except CompressionError as exc:  # a depth this model cannot take: its trials fail, the rest go on
-                log.warning("[plan_search] keep_per_stage=%s cannot be built: %s", keep, exc)
-                widths[width_key(keep, quantize)] = None
+            int8_file = bool(quantize) and metric == "size_bytes"
+            if (keep_key := width_key(keep, int8_file)) not in solved:
+                solved[keep_key] = _width(cfg, model, limit, meta, keep, int8_file, (low, high))
+            widths[width_key(keep, quantize)] = solved[keep_key]
     return widths
+
+
+def _width(cfg: PipelineConfig, model, limit: float, meta: dict, keep, int8_file: bool,
+           bounds: tuple[float, float]) -> float | None:
+    """The least pruning that brings depth `keep` within the budget (None: the model cannot take that depth)."""
+    settings = cfg.prune
+
+    def cost(ratio):
+        return policy.structural_cost(model, cfg.search.budget.metric, ratio, keep_per_stage=keep,
+                                      trim_strategy=cfg.trim.strategy, iterative_steps=settings.iterative_steps,
+                                      round_to=settings.round_to, quantize=int8_file, backend=cfg.quantize.backend,
+                                      meta=meta)
+    try:
+        return policy.smallest_ratio_within(cost, limit, *bounds)
+    except CompressionError as exc:  # a depth this model cannot take: its trials fail, the rest go on
+        log.warning("[plan_search] keep_per_stage=%s cannot be built: %s", keep, exc)
+        return None
 
 
 def _teacher_costs(model, teacher: ModelRef, size: int, threads: int) -> dict:
