@@ -279,6 +279,16 @@ def _choice_index(value, values: tuple) -> int | None:
     return None
 
 
+def recipe_ratio(width: float, own: float | None, high: float) -> float:
+    """The recipe trial's prune ratio under a structural budget: the config's own (`own`; None when it does
+    not prune) when that meets the budget, i.e. is at least `width`, the least pruning that does, and at
+    most `high`, the space's top (costs fall monotonically up to it); else `width`, the nearest ratio that
+    meets the budget. So a recipe within the budget is the hand-set recipe itself."""
+    if own is None:
+        return width
+    return min(max(width, own), max(width, high))
+
+
 def recipe_point(space: Space, recipe: dict) -> tuple[dict, dict[str, str]]:
     """The config's own settings (`recipe`, keyed like the space) as a point of the space in the form the
     sampler sees (list choices as the JSON text `sample` gives it), and a note for each knob it moved.

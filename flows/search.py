@@ -71,7 +71,7 @@ def trial(cfg: PipelineConfig, ctx, data: dict, teacher: dict, plan: dict, numbe
     try:
         with trial_run(ctx, study_key(cfg, teacher), plan, number, settings, full, enqueued) as (trial_ctx, handle):
             clock.append(("run_open", time.perf_counter()))
-            overrides = trial_overrides(cfg, settings, plan, full)
+            overrides = trial_overrides(cfg, settings, plan, full, recipe=enqueued == policy.RECIPE)
             handle.log_params({f"derived.{k}": v for k, v in overrides.items() if k == "prune.ratio"})
             trial_cfg = trial_config(cfg, overrides)
             # The pipeline's compression stages with the trial's settings; the candidates they offer go unread.

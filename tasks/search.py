@@ -166,7 +166,8 @@ def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: Mod
               else {f"budget_limit.{t['label']}": t["limit"] for t in targets})
     run.log_metrics({f"teacher.{k}": v for k, v in costs.items()} | limits | {"teacher.val_accuracy": val["accuracy"]})
     run.log_dict({t["label"]: t["widths"] for t in targets}, "widths.json")
-    return {"metric": budget.metric, "teacher": {**costs, "val_accuracy": val["accuracy"]}, "targets": targets}
+    return {"metric": budget.metric, "teacher": {**costs, "val_accuracy": val["accuracy"]}, "targets": targets,
+            "ratio_bounds": list(_ratio_bounds(cfg, model)) if budget.metric in CONSTRUCTIVE else None}
 
 
 def for_target(plan: dict, label: str) -> dict:
@@ -174,7 +175,7 @@ def for_target(plan: dict, label: str) -> dict:
     and whether trial names must say the target (when the search has several)."""
     target = next(t for t in plan["targets"] if t["label"] == label)
     return {"metric": plan["metric"], "teacher": plan["teacher"], "target": label, "limit": target["limit"],
-            "widths": target["widths"], "several": len(plan["targets"]) > 1}
+            "widths": target["widths"], "ratio_bounds": plan.get("ratio_bounds"), "several": len(plan["targets"]) > 1}
 
 
 def target_views(plan: dict) -> list[dict]:
@@ -187,21 +188,29 @@ def trial_name(view: dict, number: int) -> str:
     return f"trial-{view['target']}-{number}" if view["several"] else f"trial-{number}"
 
 
-def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool) -> dict:
-    """The config changes that make a trial: its settings, the width its budget allows, its fidelity."""
+def trial_overrides(cfg: PipelineConfig, settings: dict, plan: dict, full: bool, recipe: bool = False) -> dict:
+    """The config changes that make a trial: its settings, the width its budget allows, its fidelity. The
+    recipe's trial keeps the config's own prune ratio where that meets the budget (compression.search.
+    recipe_ratio), and its re-training at full epochs the config's own distillation (its baseline student
+    too): then it is the hand-set recipe itself, stage for stage, and comes from the cache where the recipe
+    ran before (`make demo`, then the search)."""
     overrides = dict(settings)
     keep = settings.get("trim.keep_per_stage", cfg.trim.keep_per_stage if cfg.trim.enabled else None)
     quantize = settings.get("quantize.enabled", cfg.quantize.enabled)
     # A trial always distils (its student is the KD student whose temperature and alpha the search tunes),
     # and measures the static int8 model only; it exports and registers nothing.
     overrides.update({"trim.enabled": keep is not None, "distill.enabled": True, "quantize.modes": ["static"],
-                      "export.onnx": False, "register.enabled": False, "distill.baseline": False})
+                      "export.onnx": False, "register.enabled": False,
+                      "distill.baseline": cfg.distill.baseline and recipe and full})
     if keep is not None:
         overrides["trim.keep_per_stage"] = keep
     if plan["widths"]:
         ratio = plan["widths"].get(width_key(keep, quantize))
         if ratio is None:
             raise CompressionError(f"no prune ratio brings keep_per_stage={keep} within the budget")
+        if recipe and plan.get("ratio_bounds"):  # a plan cached before it recorded them: the width, as before
+            ratio = policy.recipe_ratio(ratio, cfg.prune.ratio if cfg.prune.enabled else None,
+                                        plan["ratio_bounds"][1])
         overrides.update({"prune.enabled": ratio > 0, "prune.ratio": max(ratio, 1e-3)})
     if not full:
         overrides.update({"distill.train.epochs": cfg.search.trial_epochs,
@@ -393,7 +402,8 @@ def _queue_grid(study: optuna.Study, cfg: PipelineConfig) -> None:
 def _enqueue_recipe(study: optuna.Study, cfg: PipelineConfig) -> None:
     """The config's own settings, clipped to the space, as the first trial: the search then knows how the
     hand-set recipe does at its fidelity, and its pick can only match or beat it. (Under a structural budget
-    the recipe's prune ratio is not a knob: it gets the width the budget allows, as every trial does.)"""
+    the prune ratio is not a knob: the recipe's trial keeps the config's own where it meets the budget, see
+    trial_overrides.)"""
     space = sampled_space(cfg)
     point, notes = policy.recipe_point(space, recipe_settings(cfg))
     for key, note in notes.items():

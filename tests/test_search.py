@@ -315,11 +315,17 @@ def _trial_accuracy(runs, number: int, full: bool) -> float:
 
 @pytest.mark.slow
 def test_the_search_starts_from_the_recipe_and_registers_a_model_at_least_as_accurate_on_val(prefect, tmp_path):
-    """smoke.yaml's own settings (one block per stage, temperature 4.0) are in the space: they are the first trial,
-    marked in the study, its MLflow run and the trials table; the recipe's trial is among those trained again at
-    full epochs, so the registered model is at least as accurate on val as the recipe at the same epochs."""
-    command = [sys.executable, "-m", "cli", "search", "configs/smoke.yaml",
-               *_settings(tmp_path, 3, **{"search.space": json.dumps(RECIPE_SPACE), "fidelity.enabled": False})]
+    """smoke.yaml's own settings (one block per stage, temperature 4.0, its prune ratio: within the budget) are in
+    the space: they are the first trial, marked in the study, its MLflow run and the trials table; the recipe's
+    trial is among those trained again at full epochs, so the registered model is at least as accurate on val as
+    the recipe at the same epochs. Run after the recipe's own compression run (README's order), that re-training
+    is the recipe itself: its trim, distill and prune stages come from that run's cache."""
+    settings = _settings(tmp_path, 3, **{"search.space": json.dumps(RECIPE_SPACE), "fidelity.enabled": False})
+    demo = subprocess.run([sys.executable, "-m", "cli", "run", "configs/smoke.yaml", *settings,
+                           "--set", "register.enabled=false"], cwd=PROJECT_ROOT, env=_env(tmp_path, prefect),
+                          capture_output=True, text=True, timeout=1500)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    command = [sys.executable, "-m", "cli", "search", "configs/smoke.yaml", *settings]
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=_env(tmp_path, prefect), capture_output=True, text=True,
                           timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -329,6 +335,11 @@ def test_the_search_starts_from_the_recipe_and_registers_a_model_at_least_as_acc
     client, runs = _runs(tmp_path)
     tagged = [r for r in _trial_runs(runs) + _trial_runs(runs, full=True) if r.data.tags.get("search.enqueued")]
     assert {(r.data.tags["shrinkflow.trial"], r.data.tags["search.enqueued"]) for r in tagged} == {("0", "recipe")}
+    assert {r.data.params["derived.prune.ratio"] for r in tagged} == {"0.5"}  # smoke.yaml's own, not the budget's
+    [again] = [r for r in tagged if r.data.tags["shrinkflow.stage"] == "trial-full"]
+    ran = {r.data.tags.get("shrinkflow.stage") for r in runs
+           if r.data.tags.get("mlflow.parentRunId") == again.info.run_id}
+    assert not ran & {"trim", "distill", "prune"}, ran  # at most its static int8 again (the demo made two modes)
     version = client.get_model_version_by_alias("search-model", "champion")
     registered = int(version.tags["search_trial"].removeprefix("trial-"))
     assert _trial_accuracy(runs, registered, full=True) >= _trial_accuracy(runs, 0, full=True)

@@ -163,6 +163,13 @@ def test_the_recipe_point_is_what_an_optuna_trial_enqueued_with_it_samples():
     assert trial.user_attrs == {"enqueued": "recipe"}
 
 
+def test_the_recipe_keeps_its_own_prune_ratio_where_it_meets_the_budget():
+    assert search.recipe_ratio(0.45, 0.6, 0.9) == 0.6  # within the budget: the hand-set recipe itself
+    assert search.recipe_ratio(0.7, 0.6, 0.9) == 0.7  # too little pruning for the budget: the least that meets it
+    assert search.recipe_ratio(0.45, 0.95, 0.9) == 0.9  # past where costs stop falling: the space's top
+    assert search.recipe_ratio(0.3, None, 0.9) == 0.3  # a recipe that does not prune: the least that meets it
+
+
 def test_finalists_keep_the_recipe_trial_when_it_ranks_below_top_k():
     ranked = [{"number": 3}, {"number": 0}, {"number": 2, "enqueued": search.RECIPE}, {"number": 1}]
     assert [t["number"] for t in search.finalists(ranked, 1)] == [3, 2]
