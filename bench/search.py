@@ -82,7 +82,8 @@ def run_flow(work: Path, flow: str, config: str, overrides: dict, code: Path = P
 
 
 def run_search(work: Path, overrides: dict, code: Path = PROJECT_ROOT) -> tuple[dict, float]:
-    return run_flow(work, "search", CONFIG, overrides, code)
+    """The search on this checkout's CONFIG, whichever code runs it."""
+    return run_flow(work, "search", str(PROJECT_ROOT / CONFIG), overrides, code)
 
 
 def trial_runs(uri: str, parent_run_id: str) -> list[dict]:
@@ -189,8 +190,10 @@ def baseline_code(work: Path) -> Path:
 
 
 def part_d(work: Path, store: dict, uri: str) -> dict:
+    # prune.ratio below every width: the recipe's trial gets the budget's width under both codes (the baseline
+    # gave it that, whatever the config's ratio), so that both run the same four trials.
     overrides = {**store, "search.trials": TRIALS_D, "search.parallel": 2, "search.pruner": "none",
-                 "search.top_k": 0, "register.enabled": False, "search.seed": 1}
+                 "search.top_k": 0, "register.enabled": False, "search.seed": 1, "prune.ratio": 0.2}
     out = {"baseline": BASELINE}
     for when, code in (("before", baseline_code(work)), ("after", PROJECT_ROOT)):
         say(f"search (d): {TRIALS_D} trials with the code {when} the cuts")
@@ -214,7 +217,13 @@ def main() -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}" if args.only else fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(QUICK_PIPELINE if QUICK else {}),
              **({"search.trial_epochs": 1, "search.trials": 3} if QUICK else {})}
-    results = json.loads((RESULTS / "search.json").read_text()) if args.only else {}
+    results = {}
+    if args.only:
+        if not (RESULTS / "search.json").exists():
+            parser.error(f"--only needs an earlier full run's {RESULTS / 'search.json'}; run without --only first")
+        previous = json.loads((RESULTS / "search.json").read_text())
+        results = {k: v for k, v in previous.items() if k in PARTS and k not in parts}
+        results["other_parts_commit"] = previous.get("other_parts_commit", previous["git_commit"])
     results.update({"machine": machine(), "config": CONFIG, "targets": TARGETS})
     if not args.only:
         from flows.pretrain import pretrain
@@ -375,9 +384,10 @@ def _section_d(r: dict) -> list[str]:
     rows += [{"what": label, "before": r["d"]["before"][key], "after": r["d"]["after"][key],
               "x": r["d"]["after"][key] / r["d"]["before"][key]} for label, key in runs.items()]
     return ["### (d) Where a trial's seconds go, before and after", "",
-            f"The same search ({TRIALS_D} trials, 2 workers, no pruner, sampler seed 1, outputs of its own) with the "
-            f"code at {r['d']['baseline']} (before) and at this run's commit (after); seconds per completed trial, "
-            "mean (the trials' `seconds.*` metrics and their stages' epoch times):", "",
+            f"The same search ({TRIALS_D} trials, 2 workers, no pruner, sampler seed 1, `prune.ratio` 0.2 so that "
+            "the recipe's trial gets the budget's width under both, outputs of its own) with the code at "
+            f"{r['d']['baseline']} (before) and at this run's commit (after), both on this commit's config; "
+            "seconds per completed trial, mean (the trials' `seconds.*` metrics and their stages' epoch times):", "",
             table(rows, [("what", "", ""), ("before", "before s", "{:.2f}"), ("after", "after s", "{:.2f}"),
                          ("x", "after / before", "{:.2f}x")]), ""]
 
@@ -390,11 +400,13 @@ def section(r: dict) -> list[str]:
     within = sum(t["macs"] <= next(x["limit"] for x in plan["targets"]
                                    if x["label"] == t.get("target", plan["targets"][0]["label"]))
                  for t, plan in completed)
+    parts = (f" Parts not rerun by `--only` measured at {r['other_parts_commit']}, the rest at {r['git_commit']}."
+             if r.get("other_parts_commit") else "")
     return ["## 7. Search: the best model under a budget", "",
             "`python bench/search.py`: `configs/search-quickstart.yaml` (the demo's task: classes 5-9, 100 labels "
             "per class), MACs budgets as shares of the fine-tuned teacher's, at most 1 point of val accuracy lost. "
             "Every part in one run, in one MLflow store; every search in outputs of its own except (a)'s, which "
-            "runs where the recipe's run fine-tuned the teacher, as README's order does.", "",
+            "runs where the recipe's run fine-tuned the teacher, as README's order does." + parts, "",
             *_section_a(r), *_section_b(r), *_section_c(r), *_section_d(r),
             f"Hit rate: {within} of {len(completed)} completed trials of every run above were within their target's "
             f"MACs budget (budget by construction).", ""]
