@@ -405,8 +405,9 @@ def section(r: dict) -> list[str]:
     return ["## 7. Search: the best model under a budget", "",
             "`python bench/search.py`: `configs/search-quickstart.yaml` (the demo's task: classes 5-9, 100 labels "
             "per class), MACs budgets as shares of the fine-tuned teacher's, at most 1 point of val accuracy lost. "
-            "Every part in one run, in one MLflow store; every search in outputs of its own except (a)'s, which "
-            "runs where the recipe's run fine-tuned the teacher, as README's order does." + parts, "",
+            + ("Every part in one run, in" if not parts else "In") + " one MLflow store; every search in outputs "
+            "of its own except (a)'s, which runs where the recipe's run fine-tuned the teacher, as README's order "
+            "does." + parts, "",
             *_section_a(r), *_section_b(r), *_section_c(r), *_section_d(r),
             f"Hit rate: {within} of {len(completed)} completed trials of every run above were within their target's "
             f"MACs budget (budget by construction).", ""]
