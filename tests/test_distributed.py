@@ -82,7 +82,9 @@ def test_loader_workers_start_inside_a_dask_worker(tmp_path):
 
     root = str(write_folder(tmp_path / "images", per_class=5))
     expected = _decode_everything(root)[1]
-    with dask.config.set({"distributed.worker.daemon": False}):  # what the search's local cluster sets
+    # what the search's local cluster sets (Dask's MALLOC_TRIM_THRESHOLD_ would also stay in this process)
+    with dask.config.set({"distributed.worker.daemon": False,
+                          "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             daemonic, labels = client.submit(_decode_everything, root).result(timeout=120)
