@@ -88,6 +88,17 @@ def save(name: str, data: dict) -> Path:
     return path
 
 
+def kept_parts(parser, name: str, parts: list[str], every_part) -> dict:
+    """For a benchmark run with `--only`: the other parts of bench/results/<name>.json, as its earlier full run
+    measured them, with the commit they were measured at (`other_parts_commit`)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        parser.error(f"--only needs an earlier full run's {path}; run without --only first")
+    previous = json.loads(path.read_text())
+    kept = {k: v for k, v in previous.items() if k in every_part and k not in parts}
+    return {**kept, "other_parts_commit": previous.get("other_parts_commit", previous["git_commit"])}
+
+
 def load_results() -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 

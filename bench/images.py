@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PYTHON, QUICK, QUICK_PIPELINE, RESULTS, WORK, save, say, use_prefect_env
+from bench.common import PYTHON, QUICK, QUICK_PIPELINE, WORK, kept_parts, save, say, use_prefect_env
 
 CLASSES = 10
 SIZES = (200, 1_000) if QUICK else (1_000, 20_000)
@@ -542,13 +542,7 @@ def main() -> None:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"--only: unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
-    kept = {}
-    if args.only:
-        if not (RESULTS / "images.json").exists():
-            parser.error(f"--only needs an earlier full run's {RESULTS / 'images.json'}; run without --only first")
-        previous = json.loads((RESULTS / "images.json").read_text())
-        kept = {k: v for k, v in previous.items() if k in PARTS and k not in parts}
-        kept["other_parts_commit"] = previous.get("other_parts_commit", previous["git_commit"])
+    kept = kept_parts(parser, "images", parts, PARTS) if args.only else {}
     results = {part: PARTS[part]() for part in parts}
     save("images", {**kept, **results, "command": "python bench/images.py"})
 

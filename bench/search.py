@@ -35,9 +35,9 @@ from bench.common import (
     PYTHON,
     QUICK,
     QUICK_PIPELINE,
-    RESULTS,
     Timer,
     fresh_store,
+    kept_parts,
     machine,
     save,
     say,
@@ -129,10 +129,9 @@ def summary(result: dict, seconds: float, uri: str) -> dict:
     """What every part reports of a search: its trials (outcome and MLflow timing), trial-seconds, wall time."""
     runs = {r["name"]: r for r in trial_runs(uri, result["run_id"])}
     trials = [{**t, "run": runs.get(t["name"])} for t in result["trials"]]
-    timed = [r for r in runs.values()]
     return {"run_id": result["run_id"], "plan": result["plan"], "trials": trials, "table": result["table"],
             "registered": result["registered"], "finalists": [f["name"] for f in result["finalists"]],
-            "seconds": seconds, "trial_seconds": sum(r["end"] - r["start"] for r in timed),
+            "seconds": seconds, "trial_seconds": sum(r["end"] - r["start"] for r in runs.values()),
             "completed": sum(t["state"] == "COMPLETE" for t in trials),
             "pruned": sum(t["state"] == "PRUNED" for t in trials),
             "plan_seconds": stage_seconds(uri, result["run_id"], "plan_search")}
@@ -217,13 +216,7 @@ def main() -> None:
     uri = f"sqlite:///{work / 'mlflow.db'}" if args.only else fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(QUICK_PIPELINE if QUICK else {}),
              **({"search.trial_epochs": 1, "search.trials": 3} if QUICK else {})}
-    results = {}
-    if args.only:
-        if not (RESULTS / "search.json").exists():
-            parser.error(f"--only needs an earlier full run's {RESULTS / 'search.json'}; run without --only first")
-        previous = json.loads((RESULTS / "search.json").read_text())
-        results = {k: v for k, v in previous.items() if k in PARTS and k not in parts}
-        results["other_parts_commit"] = previous.get("other_parts_commit", previous["git_commit"])
+    results = kept_parts(parser, "search", parts, PARTS) if args.only else {}
     results.update({"machine": machine(), "config": CONFIG, "targets": TARGETS})
     if not args.only:
         from flows.pretrain import pretrain

@@ -96,18 +96,18 @@ def _ratio_bounds(cfg: PipelineConfig, model) -> tuple[float, float]:
     return low, min(high, policy.max_monotone_ratio(model, cfg.prune.round_to))
 
 
-def _widths(cfg: PipelineConfig, model, limit: float, meta: dict) -> dict[str, float | None]:
+def _widths(cfg: PipelineConfig, model, limit: float, meta: dict,
+            bounds: tuple[float, float]) -> dict[str, float | None]:
     """For each depth and int8 choice, the least pruning that brings the model within the budget. int8 changes
     a model's file size, not its MACs or params: under those budgets both int8 choices of a depth share one
     bisection (each costs several trims and prunes of the teacher)."""
     metric = cfg.search.budget.metric  # check_constructible(cfg) ran before any work
-    low, high = _ratio_bounds(cfg, model)
     widths, solved = {}, {}
     for keep in _depths(cfg):
         for quantize in _choices(cfg, "quantize.enabled", cfg.quantize.enabled):
             int8_file = bool(quantize) and metric == "size_bytes"
             if (keep_key := width_key(keep, int8_file)) not in solved:
-                solved[keep_key] = _width(cfg, model, limit, meta, keep, int8_file, (low, high))
+                solved[keep_key] = _width(cfg, model, limit, meta, keep, int8_file, bounds)
             widths[width_key(keep, quantize)] = solved[keep_key]
     return widths
 
@@ -136,12 +136,12 @@ def _teacher_costs(model, teacher: ModelRef, size: int, threads: int) -> dict:
             "size_bytes": file_size(teacher["path"]), "latency_ms": speed["latency_p50_ms"]}
 
 
-def _target(cfg: PipelineConfig, model, costs: dict, value, meta: dict) -> dict:
+def _target(cfg: PipelineConfig, model, costs: dict, value, meta: dict, bounds: tuple[float, float] | None) -> dict:
     """One budget target: its label, its limit in absolute terms and the width of every depth choice; stops,
     before any training, a target the space cannot reach."""
     metric = cfg.search.budget.metric
     limit = policy.resolve_limit(value, costs[metric], metric)
-    widths = _widths(cfg, model, limit, meta) if metric in CONSTRUCTIVE else {}
+    widths = _widths(cfg, model, limit, meta, bounds) if metric in CONSTRUCTIVE else {}
     if metric in CONSTRUCTIVE and not any(r is not None for r in widths.values()):
         floor = policy.smallest_reachable(model, metric, space_of(cfg),
                                           iterative_steps=cfg.prune.iterative_steps, round_to=cfg.prune.round_to)
@@ -161,13 +161,14 @@ def plan_search(cfg: PipelineConfig, ctx, run, workdir, data: dict, teacher: Mod
     costs = _teacher_costs(model, teacher, bundle.input_size, cfg.evaluate.threads)
     val = evaluate_classifier(model, bundle.batches("val", cfg.data.eval_batch_size, channels=input_channels(model)))
     meta = bundle.model_meta()  # as save_candidate
-    targets = [_target(cfg, model, costs, value, meta) for value in budget.targets()]
+    bounds = _ratio_bounds(cfg, model) if budget.metric in CONSTRUCTIVE else None  # prune ratios trials may get
+    targets = [_target(cfg, model, costs, value, meta, bounds) for value in budget.targets()]
     limits = ({"budget_limit": targets[0]["limit"]} if len(targets) == 1
               else {f"budget_limit.{t['label']}": t["limit"] for t in targets})
     run.log_metrics({f"teacher.{k}": v for k, v in costs.items()} | limits | {"teacher.val_accuracy": val["accuracy"]})
     run.log_dict({t["label"]: t["widths"] for t in targets}, "widths.json")
     return {"metric": budget.metric, "teacher": {**costs, "val_accuracy": val["accuracy"]}, "targets": targets,
-            "ratio_bounds": list(_ratio_bounds(cfg, model)) if budget.metric in CONSTRUCTIVE else None}
+            "ratio_bounds": list(bounds) if bounds else None}
 
 
 def for_target(plan: dict, label: str) -> dict:

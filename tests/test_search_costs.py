@@ -68,7 +68,7 @@ def test_int8_choices_share_one_bisection_unless_the_budget_is_a_file_size(monke
     space = json.dumps({"trim.keep_per_stage": {"choices": [1]}, "quantize.enabled": {"choices": [True, False]}})
     cfg = load_config("configs/search-quickstart.yaml", {"search.space": space})
     limit = 0.1 * real_cost(model, "macs", 0.0, keep_per_stage=None)
-    widths = search_tasks._widths(cfg, model, limit, meta={})
+    widths = search_tasks._widths(cfg, model, limit, {}, search_tasks._ratio_bounds(cfg, model))
     assert widths[search_tasks.width_key(1, True)] == widths[search_tasks.width_key(1, False)] is not None
     macs_calls = len(calls)
     assert macs_calls > 0 and not any(calls)
@@ -77,6 +77,7 @@ def test_int8_choices_share_one_bisection_unless_the_budget_is_a_file_size(monke
     size_cfg = load_config("configs/search-quickstart.yaml",
                            {"search.space": space, "search.budget.metric": "size_bytes"})
     size_limit = 0.2 * real_cost(model, "size_bytes", 0.0, keep_per_stage=None)
-    sizes = search_tasks._widths(size_cfg, model, size_limit, meta={})
+    sizes = search_tasks._widths(size_cfg, model, size_limit, {},
+                                 search_tasks._ratio_bounds(size_cfg, model))
     assert set(calls) == {True, False}  # an int8 file is smaller: each choice has its own width
     assert sizes[search_tasks.width_key(1, True)] < sizes[search_tasks.width_key(1, False)]
