@@ -426,7 +426,8 @@ def _section_e(r: dict) -> list[str]:
     teacher, chosen = _row(search, "teacher"), _row(search, pick.get("candidate"))
     rows = [{"what": f"reference: {name}", "accuracy": acc} for name, acc in REFERENCES]
     rows += [{**teacher, "what": "here: the teacher, ResNet-18 from scratch"},
-             {**chosen, "what": f"here: the search's registered model ({pick.get('candidate', 'none')})"}]
+             {**chosen, "what": f"here: the search's registered model ({pick.get('candidate', 'none')} "
+                          f"@{pick.get('alias', '-')})"}]
     met = bool(chosen) and chosen["params"] < CNN_PARAMS and chosen["accuracy"] > 0.922
     limit = plan["targets"][0]["limit"]
     return ["### (e) Against a published table: all of Fashion-MNIST", "",

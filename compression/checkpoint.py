@@ -88,7 +88,8 @@ def rebuild(spec: dict, random_init: bool = True) -> nn.Module:
     """The float architecture a spec describes, before any pruning: built, adapted and trimmed as recorded.
     `random_init=False` leaves the weights uninitialised, for a caller that loads all of them."""
     with nullcontext() if random_init else skip_random_init():
-        model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"])
+        model = build_model(spec["arch"], spec["num_classes"], spec["in_channels"], spec["input_size"],
+                            stem=spec.get("stem", "torchvision"))
     rebuilt = model.shrinkflow_spec.get("adaptations")
     if rebuilt != spec.get("adaptations"):
         raise CompressionError(f"{spec['arch']} at {spec['input_size']}x{spec['input_size']} now builds with "

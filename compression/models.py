@@ -246,6 +246,34 @@ def _shrink_stem(model: nn.Module, arch: str) -> bool:
     return False
 
 
+# The stems a ResNet-family model can be built with: how its first conv and max-pool downsample the input.
+# torchvision's (7x7/2 conv + 3x3/2 max-pool) is made for 224 px photos: at 28-32 px it leaves a 7x7 or 8x8
+# map for the first block, which caps accuracy; "no-pool" halves that downsampling, "full-res" removes it
+# (as CIFAR ResNets do) at about 4x and 16x the compute of the blocks. The first conv keeps its size and weights,
+# so a pretrained stem stays pretrained.
+STEMS = ("torchvision", "no-pool", "full-res")
+STEM_FAMILIES = ("resnet", "resnext", "wide_resnet")
+
+
+def stem_refusal(arch: str, stem: str) -> str | None:
+    """Why `arch` cannot be built with `stem`, or None when it can."""
+    if stem not in STEMS:
+        return f"unknown stem {stem!r}; stems: {', '.join(STEMS)}"
+    if stem != "torchvision" and family(arch) not in STEM_FAMILIES:
+        return f"{arch}: stem {stem!r} applies to the ResNet family ({', '.join(STEM_FAMILIES)}) only"
+    return None
+
+
+def set_stem(model: nn.Module, arch: str, stem: str) -> None:
+    """Give a freshly built torchvision model the stem `stem` (see STEMS)."""
+    if reason := stem_refusal(arch, stem):
+        raise CompressionError(reason)
+    if stem in ("no-pool", "full-res"):
+        model.maxpool = nn.Identity()
+    if stem == "full-res":
+        model.conv1.stride = (1, 1)
+
+
 def adapt_small_input(model: nn.Module, size: int) -> list[str]:
     """Make the model accept size x size input, changing as little as possible; returns what was changed."""
     arch = arch_name(model)
@@ -303,15 +331,18 @@ def _construct(arch: str, weights, input_size: int) -> nn.Module:
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: int = 224,
-                weights: str | None = None) -> nn.Module:
+                weights: str | None = None, stem: str = "torchvision") -> nn.Module:
     """A torchvision classifier by name, with the requested classes, input channels and input size.
 
     `weights` is a torchvision weights name (e.g. "DEFAULT", "IMAGENET1K_V1"); torchvision reads it from
     $TORCH_HOME/hub/checkpoints when present and downloads it otherwise. What the small-input adaptation
     changed is recorded in the spec's "adaptations" (rebuilding from the spec must make the same changes).
+    `stem`: one of STEMS, recorded in the spec when it is not torchvision's.
     """
     _check_arch(arch)
     check_supported(arch, "build")
+    if reason := stem_refusal(arch, stem):  # before any weights are fetched
+        raise CompressionError(reason)
     if num_classes < 2:
         raise CompressionError(f"num_classes must be >= 2, got {num_classes}")
     resolved = None
@@ -323,6 +354,7 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
             options = [w.name for w in torchvision.models.get_model_weights(arch)]
             raise CompressionError(f"unknown weights {weights!r} for {arch}; choose from {options}") from None
     model = _construct(arch, resolved, input_size)
+    set_stem(model, arch, stem)
     if getattr(model, "transform_input", False) and in_channels != 3:
         model.transform_input = False  # it re-normalises three ImageNet channels
     # The spec goes on first: the adaptations below keep it current and read it.
@@ -333,6 +365,8 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
         "input_size": input_size,
         "trim": None,
     }
+    if stem != "torchvision":  # specs of models with torchvision's stem stay as they were before stems existed
+        model.shrinkflow_spec["stem"] = stem
     replace_head(model, num_classes)
     adapt_input_channels(model, in_channels)
     changes = adapt_small_input(model, input_size)

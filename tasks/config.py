@@ -216,6 +216,15 @@ class QuantizeConfig(Section):
         return without_duplicates(value)
 
 
+class ModelConfig(Section):
+    # The names are compression/models.py's STEMS (a config is checked without torch).
+    stem: Literal["torchvision", "no-pool", "full-res"] = Field(
+        "torchvision", description="how a ResNet-family model built from scratch: or torchvision: downsamples "
+                                   "its input before the first block: torchvision's 7x7/2 conv and max-pool (for "
+                                   "224 px); no-pool: without the max-pool; full-res: also a stride-1 conv, as "
+                                   "CIFAR ResNets (for 28-32 px images; about 4x and 16x the blocks' compute)")
+
+
 class ExportConfig(Section):
     onnx: bool = Field(False, description="export the final float model and the teacher to ONNX, check parity, "
                        "time onnxruntime; "
@@ -473,6 +482,7 @@ class PipelineConfig(Section):
                                          "models:/<name>/<version> | file:<path>")
     output_dir: str = "outputs"
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     trim: TrimConfig = TrimConfig()
     distill: DistillConfig = DistillConfig()
@@ -509,6 +519,13 @@ class PipelineConfig(Section):
             raise ValueError(f"register.gates.{next(iter(gates))} needs the fidelity report (fidelity.enabled: true)")
         if "max_relative_corruption_error" in gates and not self.fidelity.corruptions:
             raise ValueError("register.gates.max_relative_corruption_error needs fidelity.corruptions")
+        return self
+
+    @model_validator(mode="after")
+    def _stem_needs_a_built_model(self):
+        if self.model.stem != "torchvision" and not self.source.startswith(("scratch:", "torchvision:")):
+            raise ValueError(f"model.stem {self.model.stem!r} applies to scratch: and torchvision: sources; "
+                             f"{self.source} keeps the stem it was built with")
         return self
 
     @field_validator("source")

@@ -68,10 +68,10 @@ def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
     arch, _, weights = rest.partition(":")
     seed_everything(cfg.seed)
     if kind == "scratch":
-        model = build_model(arch, len(data["classes"]), data["in_channels"], data["input_size"])
+        model = build_model(arch, len(data["classes"]), data["in_channels"], data["input_size"], stem=cfg.model.stem)
     else:
         try:
-            model = build_model(arch, 1000, 3, data["input_size"], weights=weights or "DEFAULT")
+            model = build_model(arch, 1000, 3, data["input_size"], weights=weights or "DEFAULT", stem=cfg.model.stem)
         except (OSError, RuntimeError, ConnectionError) as exc:
             raise ConnectionError(f"cannot fetch {source}: weights are neither in the torch cache "
                                   f"($TORCH_HOME/hub/checkpoints) nor downloadable ({type(exc).__name__})") from exc
@@ -79,8 +79,8 @@ def _build(cfg: PipelineConfig, data: dict, source: str, target: Path) -> dict:
     return {}
 
 
-@stage_task("fetch_pretrained", sections=("source", "finetune"), cache=False, retries=2, retry_delay_seconds=[1, 5],
-            retry_condition_fn=retry_transient)
+@stage_task("fetch_pretrained", sections=("source", "model", "finetune"), cache=False, retries=2,
+            retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient)
 def fetch_pretrained(cfg: PipelineConfig, ctx: RunContext, run, workdir, data: dict, source: str | None = None,
                      name: str = "pretrained") -> dict:
     """The model named by `source` (default: the config's) as a shrinkflow file `name`.pt in the stage's folder.

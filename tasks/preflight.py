@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compression import CompressionError
-from compression.models import check_stages, list_architectures
+from compression.models import check_stages, list_architectures, stem_refusal
 from compression.quantization import check_backend as check_quantize_backend
 from compression.trimming import check_trimmable_arch
 from tasks.config import ConfigError, DistributedConfig, PipelineConfig
@@ -45,6 +45,8 @@ def preflight(cfg: PipelineConfig, refusable_stages: list[str]) -> str:
     if cfg.source.startswith(("scratch:", "torchvision:")):  # a stage the architecture cannot do: refuse now
         arch = cfg.source.split(":")[1]
         check_stages(arch, refusable_stages)
+        if reason := stem_refusal(arch, cfg.model.stem):
+            raise ConfigError(f"model.stem: {reason}")
         if "trim" in refusable_stages and arch in list_architectures():
             check_trimmable_arch(arch)
     if cfg.quantize.enabled:

@@ -15,6 +15,9 @@ def test_bad_input_is_one_line_and_exit_2():
         (["run", "configs/smoke.yaml", "--set", "prune.ratio=1.5"], "prune.ratio: Input should be less than 1"),
         (["run", "configs/smoke.yaml", "--set", "distill.temperature=0"], "distill.temperature"),
         (["run", "configs/smoke.yaml", "--set", "noequals"], "expected key=value"),
+        (["run", "configs/smoke.yaml", "--set", "model.stem=tiny"], "model.stem: Input should be 'torchvision'"),
+        (["run", "configs/smoke.yaml", "--set", "source=models:/upstream@champion", "--set", "model.stem=no-pool"],
+         "model.stem 'no-pool' applies to scratch: and torchvision: sources"),
     ]
     for args, message in cases:
         proc = shrinkflow(*args)

@@ -199,3 +199,16 @@ def test_the_cli_preflight_refuses_a_planned_stage_before_any_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was touched
     static_only = load_config(PROJECT_ROOT / "configs" / "smoke.yaml", {**overrides, "quantize.modes": ["static"]})
     preflight(static_only, refusable_stages(static_only))
+
+
+def test_the_preflight_refuses_a_stem_the_family_has_not_before_any_run(tmp_path):
+    from flows.chain import refusable_stages
+    from tasks.config import ConfigError, load_config
+    from tasks.preflight import preflight
+
+    overrides = {"source": "scratch:mobilenet_v2", "model.stem": "no-pool", "output_dir": str(tmp_path / "out"),
+                 "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cfg = load_config(PROJECT_ROOT / "configs" / "smoke.yaml", overrides)
+    with pytest.raises(ConfigError, match=r"^model.stem: mobilenet_v2: stem 'no-pool' applies to the ResNet family"):
+        preflight(cfg, refusable_stages(cfg))
+    assert not (tmp_path / "mlflow.db").exists()

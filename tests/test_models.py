@@ -82,3 +82,31 @@ def test_spec_updates_only_touch_models_that_have_one():
     plain = nn.Linear(2, 2)
     update_spec(plain, pruned=True)
     assert model_spec(plain) == {} and not hasattr(plain, "shrinkflow_spec")
+
+
+@pytest.mark.parametrize("stem, side", [("torchvision", 7), ("no-pool", 14), ("full-res", 28)])
+def test_a_resnet_stem_sets_the_first_blocks_resolution_and_survives_trim_prune_and_a_file(tmp_path, stem, side):
+    from compression.checkpoint import load_model, save_model
+    from compression.pruning import prune_structured
+    from compression.trimming import trim
+
+    model = build_model("resnet18", num_classes=10, in_channels=1, input_size=28, stem=stem)
+    sides = []
+    model.layer1.register_forward_hook(lambda module, inputs, out: sides.append(out.shape[-1]))  # returns None
+    model.eval()(torch.zeros(1, 1, 28, 28))
+    assert sides == [side]
+    assert model.shrinkflow_spec.get("stem") == (None if stem == "torchvision" else stem)  # old specs unchanged
+    trim(model, keep_per_stage=1)
+    prune_structured(model, torch.zeros(1, 1, 28, 28), ratio=0.5, round_to=8)
+    save_model(model, tmp_path / "student.pt")
+    loaded = load_model(tmp_path / "student.pt").eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_a_stem_other_than_torchvisions_is_for_the_resnet_family_only():
+    with pytest.raises(CompressionError, match="mobilenet_v2: stem 'no-pool' applies to the ResNet family"):
+        build_model("mobilenet_v2", num_classes=10, in_channels=1, input_size=28, stem="no-pool")
+    with pytest.raises(CompressionError, match="unknown stem 'tiny'"):
+        build_model("resnet18", num_classes=10, in_channels=1, input_size=28, stem="tiny")
