@@ -90,13 +90,16 @@ def save(name: str, data: dict) -> Path:
 
 def kept_parts(parser, name: str, parts: list[str], every_part) -> dict:
     """For a benchmark run with `--only`: the other parts of bench/results/<name>.json, as its earlier full run
-    measured them, with the commit they were measured at (`other_parts_commit`)."""
+    measured them, with the commit they were measured at: each one's in `part_commits` (a part missing there
+    was measured at the results' `git_commit`), the oldest run's in `other_parts_commit`."""
     path = RESULTS / f"{name}.json"
     if not path.exists():
         parser.error(f"--only needs an earlier full run's {path}; run without --only first")
     previous = json.loads(path.read_text())
     kept = {k: v for k, v in previous.items() if k in every_part and k not in parts}
-    return {**kept, "other_parts_commit": previous.get("other_parts_commit", previous["git_commit"])}
+    earlier = previous.get("part_commits", {})
+    return {**kept, "other_parts_commit": previous.get("other_parts_commit", previous["git_commit"]),
+            "part_commits": {k: earlier.get(k, previous["git_commit"]) for k in kept}}
 
 
 def load_results() -> dict[str, dict]:

@@ -425,9 +425,11 @@ def _section_e(r: dict) -> list[str]:
     plan, pick = search["plan"], search["registered"] or {}
     teacher, chosen = _row(search, "teacher"), _row(search, pick.get("candidate"))
     rows = [{"what": f"reference: {name}", "accuracy": acc} for name, acc in REFERENCES]
-    rows += [{**teacher, "what": "here: the teacher, ResNet-18 from scratch"},
-             {**chosen, "what": f"here: the search's registered model ({pick.get('candidate', 'none')} "
-                          f"@{pick.get('alias', '-')})"}]
+    rows.append({**teacher, "what": "here: the teacher, ResNet-18 from scratch"})
+    for name in search["finalists"]:
+        mark = f"registered @{pick['alias']}" if name == pick.get("candidate") else "not registered"
+        recipe = " (the recipe)" if any(t["name"] == name and t.get("enqueued") for t in search["trials"]) else ""
+        rows.append({**_row(search, name), "what": f"here: finalist {name}{recipe}, {mark}"})
     met = bool(chosen) and chosen["params"] < CNN_PARAMS and chosen["accuracy"] > 0.922
     limit = plan["targets"][0]["limit"]
     return ["### (e) Against a published table: all of Fashion-MNIST", "",
@@ -443,8 +445,8 @@ def _section_e(r: dict) -> list[str]:
             f"{goal(met)}. The teacher: {_fmt(teacher.get('accuracy'))} against the reference ResNet-18's 94.9%.",
             f"- Time: the whole run {search['seconds'] / 60:.0f} min on this machine, "
             f"{r['e']['teacher_seconds'] / 60:.0f} min of it the teacher's stages; {len(search['trials'])} trials "
-            f"({search['completed']} completed, {search['pruned']} stopped by the pruner), the best re-trained at "
-            "full epochs. The trials (val accuracy at trial epochs):", "",
+            f"({search['completed']} completed, {search['pruned']} stopped by the pruner); the finalists (the best "
+            "and the recipe's) re-trained at full epochs. The trials (val accuracy at trial epochs):", "",
             table(_trial_rows(search), [("name", "trial", ""), ("state", "state", ""), ("params", "params", "{:,}"),
                                         ("val", "val acc", "{:.4f}"), ("importance", "importance", ""),
                                         ("t", "KD T", "{:.2f}"), ("alpha", "KD alpha", "{:.2f}")]), ""]
@@ -456,8 +458,14 @@ def section(r: dict) -> list[str]:
             r["d"]["after"], *([r["e"]["search"]] if "e" in r else [])]
     completed = [(t, run["plan"]) for run in runs for t in run["trials"] if t["state"] == "COMPLETE"]
     within = sum(within_budget(t, plan) for t, plan in completed)
-    parts = (f" Parts not rerun by `--only` measured at {r['other_parts_commit']}, the rest at {r['git_commit']}."
-             if r.get("other_parts_commit") else "")
+    parts = f" Parts not rerun by `--only` measured at {r['other_parts_commit']}, the rest at {r['git_commit']}."
+    if r.get("part_commits"):
+        at = {part: r["part_commits"].get(part, r["git_commit"]) for part in PARTS if part in r}
+        parts = " Commits (parts rerun with `--only` after the full run): " + "; ".join(
+            f"{', '.join(f'({p})' for p in at if at[p] == commit)} at {commit}" for commit in dict.fromkeys(at.values())
+        ) + "."
+    elif not r.get("other_parts_commit"):
+        parts = ""
     return ["## 7. Search: the best model under a budget", "",
             "`python bench/search.py`: `configs/search-quickstart.yaml` (the demo's task: classes 5-9, 100 labels "
             "per class), MACs budgets as shares of the fine-tuned teacher's, at most 1 point of val accuracy lost. "
