@@ -255,8 +255,17 @@ def grid_space(space: Space, points: int) -> dict[str, list]:
 
 # ---------------------------------------------------------------- the recipe: the config's own settings
 
-# The mark of a trial enqueued with the config's own settings (an Optuna user attr, an MLflow tag, a column).
+# The marks of a trial the search enqueues itself (an Optuna user attr, an MLflow tag, a column): the config's
+# own settings, and the best settings an earlier search found on the same teacher.
 RECIPE = "recipe"
+PREVIOUS_BEST = "previous-best"
+
+
+def previous_best(earlier: list[dict]) -> dict | None:
+    """Of earlier searches' trials (each with `settings`, `accuracy` and `feasible`: within its own budget and
+    accuracy drop), the most accurate feasible one (ties: the first given), or None."""
+    feasible = [t for t in earlier if t.get("feasible") and _real(t.get("accuracy"))]
+    return max(feasible, key=lambda t: t["accuracy"]) if feasible else None
 
 
 def _real(value) -> bool:

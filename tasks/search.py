@@ -240,7 +240,7 @@ def trial_run(ctx: RunContext, study: str, view: dict, number: int, settings: di
               enqueued: str | None = None):
     """The trial's MLflow run under the search's pipeline run, tagged with its study (a search resumed after a
     stop lists the trials of the earlier one by it), its budget target and, for a trial the search enqueued
-    itself, with why (`search.enqueued`: recipe); FAILED with the error as a tag if it raises."""
+    itself, with why (`search.enqueued`: recipe, or previous-best); FAILED with the error as a tag if it raises."""
     with stage_run(ctx, "trial-full" if full else "trial") as run:
         run.set_tags({"shrinkflow.kind": "trial", "shrinkflow.study": study, "shrinkflow.trial": str(number),
                       "search.target": view["target"],
@@ -415,10 +415,52 @@ def _enqueue_recipe(study: optuna.Study, cfg: PipelineConfig) -> None:
     study.enqueue_trial(point, user_attrs={"enqueued": policy.RECIPE})
 
 
+def _earlier_trials(cfg: PipelineConfig, teacher: ModelRef, study_name: str) -> list[dict]:
+    """The completed trials of every other study on the same teacher file in this output root (another space,
+    fidelity, stage settings or budget: another study file; another target: another study in the same
+    file), each with its settings, accuracy, feasibility under its own budget and where it comes from."""
+    own = study_path(cfg, teacher)
+    trials = []
+    for path in sorted((output_root(cfg) / "search").glob("*/study.db")):
+        try:
+            storage = study_storage(path)
+            summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        except Exception as exc:  # noqa: BLE001 - a hint for the sampler: an unreadable file must not stop the search
+            log.warning("[search] %s not read for earlier trials: %s", path, first_line(exc))
+            continue
+        for summary in summaries:
+            if summary.user_attrs.get("teacher_sha256") != teacher["sha256"] or (
+                    path == own and summary.study_name == study_name):
+                continue
+            done = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            trials += [{"settings": t.user_attrs["outcome"]["settings"], "accuracy": t.value,
+                        "feasible": bool(t.constraints) and all(v <= 0 for v in t.constraints.values()),
+                        "origin": f"{path.parent.name}/{summary.study_name}#{t.number}"}
+                       for t in done if "settings" in t.user_attrs.get("outcome", {})]
+    return trials
+
+
+def _enqueue_previous_best(study: optuna.Study, cfg: PipelineConfig, teacher: ModelRef) -> None:
+    """The settings of the most accurate feasible trial an earlier search found on the same teacher, clipped
+    to this space, as the next trial after the recipe's (a known-good point; left out when it is the
+    recipe's own point). Studies made before they recorded their teacher are not looked at."""
+    best = policy.previous_best(_earlier_trials(cfg, teacher, study.study_name))
+    if best is None:
+        return
+    point, _ = policy.recipe_point(sampled_space(cfg), best["settings"])
+    queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+    if point and point not in queued:
+        log.info("[search] enqueued the best of an earlier search on this teacher (%s)", best["origin"])
+        study.enqueue_trial(point, user_attrs={"enqueued": policy.PREVIOUS_BEST, "enqueued_from": best["origin"]})
+
+
 def open_study(cfg: PipelineConfig, teacher: ModelRef, view: dict) -> optuna.Study:
     """The study of one budget target (created, or loaded when a search with the same identity ran before),
     its orphaned trials (left RUNNING by a killed search) failed and queued again with the same settings and
-    marks. What a new study runs first is queued once, when it has no trials: the grid's points, or the recipe."""
+    marks. What a new study runs first is queued once, when it has no trials: the grid's points, or the recipe
+    and the best of an earlier search on the same teacher."""
     path = study_path(cfg, teacher)
     seed = cfg.search.seed if cfg.search.seed is not None else cfg.seed
     sampler = _sampler(cfg, seed)
@@ -429,9 +471,11 @@ def open_study(cfg: PipelineConfig, teacher: ModelRef, view: dict) -> optuna.Stu
         _queue_grid(study, cfg)
     elif not study.trials:
         _enqueue_recipe(study, cfg)
+        _enqueue_previous_best(study, cfg, teacher)
+    study.set_user_attr("teacher_sha256", teacher["sha256"])  # for a later search's _earlier_trials
     for orphan in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(orphan.number, state=optuna.trial.TrialState.FAIL)
-        marks = {k: v for k, v in orphan.user_attrs.items() if k == "enqueued"}
+        marks = {k: v for k, v in orphan.user_attrs.items() if k in ("enqueued", "enqueued_from")}
         study.enqueue_trial(orphan.params, user_attrs={"requeued_from": orphan.number, **marks})
         log.info("[search] trial %d was cut off by an earlier stop: queued again", orphan.number)
     return study

@@ -305,6 +305,52 @@ def test_a_new_study_queues_the_recipe_once_clipped_and_a_cut_off_recipe_trial_k
     assert not [t for t in grid.trials if t.user_attrs.get("enqueued")]  # the grid is the baseline as it is
 
 
+def _run_trial(study, cfg, point: dict | None, accuracy: float) -> dict:
+    """One trial asked (at `point`, else the queue's next) and told as completed with `accuracy` (against VIEW's
+    teacher at 0.9 and a 1-point limit); its settings."""
+    from compression.search import sample
+    from tasks.search import record, sampled_space
+
+    if point is not None:
+        study.enqueue_trial(point)
+    asked = study.ask()
+    settings = sample(asked, sampled_space(cfg))
+    record(study, asked, {"state": "COMPLETE", "settings": settings, "accuracy": accuracy}, VIEW, 0.01)
+    return settings
+
+
+def test_a_new_study_on_the_same_teacher_queues_an_earlier_searchs_best_feasible_settings_after_the_recipe(tmp_path):
+    """Another search on the same teacher file (another fidelity: another study file) starts with the recipe,
+    then the most accurate feasible trial of the earlier one, clipped to its own space; a search on another
+    teacher, or one whose earlier trials were all infeasible, only with the recipe."""
+    from optuna.trial import TrialState
+
+    from tasks.search import open_study, study_path
+
+    teacher, other_teacher = {"sha256": "1" * 64}, {"sha256": "2" * 64}
+    first = _study_config(tmp_path)
+    study_path(first, teacher).parent.mkdir(parents=True)
+    study = open_study(first, teacher, VIEW)
+    _run_trial(study, first, None, 0.80)  # the recipe's trial: infeasible (10 points below the teacher)
+    _run_trial(study, first, {"trim.keep_per_stage": "[1, 1, 2, 1]", "distill.temperature": 2.5,
+                              "prune.importance": "taylor"}, 0.895)  # feasible
+    _run_trial(study, first, {"trim.keep_per_stage": 2, "distill.temperature": 1.5,
+                              "prune.importance": "l1"}, 0.85)  # infeasible, if more accurate than the recipe
+    second = _study_config(tmp_path, **{"search.trial_epochs": 2, "search.space": json.dumps(
+        {"trim.keep_per_stage": {"choices": [1, [1, 1, 2, 1]]}, "distill.temperature": {"low": 3.0, "high": 6.0}})})
+    study_path(second, teacher).parent.mkdir(parents=True)
+    queued = open_study(second, teacher, VIEW).get_trials(deepcopy=False)
+    assert [t.state for t in queued] == [TrialState.WAITING] * 2
+    assert queued[0].user_attrs == {"enqueued": "recipe"}
+    assert queued[1].user_attrs["enqueued"] == "previous-best"
+    assert queued[1].user_attrs["enqueued_from"].endswith(f"{VIEW['target']}#1")
+    assert queued[1].system_attrs["fixed_params"] == {"trim.keep_per_stage": "[1, 1, 2, 1]",
+                                                      "distill.temperature": 3.0}  # clipped to this space
+    elsewhere = _study_config(tmp_path, **{"search.trial_epochs": 3})
+    study_path(elsewhere, other_teacher).parent.mkdir(parents=True)
+    assert [t.user_attrs for t in open_study(elsewhere, other_teacher, VIEW).trials] == [{"enqueued": "recipe"}]
+
+
 RECIPE_SPACE = {"trim.keep_per_stage": {"choices": [1, 2]}, "distill.temperature": {"low": 1.0, "high": 8.0}}
 
 

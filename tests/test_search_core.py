@@ -438,3 +438,12 @@ def test_pareto_front():
               (1.0, 0.80), (2.0, 0.80)]
     assert search.pareto_front(points) == [(1.0, 0.80), (2.0, 0.85), (2.1, 0.915), (5.0, 0.93)]
     assert search.pareto_front([]) == []
+
+
+def test_previous_best_is_the_most_accurate_feasible_earlier_trial():
+    earlier = [{"settings": {"a": 1}, "accuracy": 0.95, "feasible": False},
+               {"settings": {"a": 2}, "accuracy": 0.90, "feasible": True},
+               {"settings": {"a": 3}, "accuracy": 0.92, "feasible": True},
+               {"settings": {"a": 4}, "accuracy": 0.92, "feasible": True}]
+    assert search.previous_best(earlier)["settings"] == {"a": 3}  # ties: the first given
+    assert search.previous_best(earlier[:1]) is None and search.previous_best([]) is None
