@@ -264,10 +264,8 @@ def stem_refusal(arch: str, stem: str) -> str | None:
     return None
 
 
-def set_stem(model: nn.Module, arch: str, stem: str) -> None:
-    """Give a freshly built torchvision model the stem `stem` (see STEMS)."""
-    if reason := stem_refusal(arch, stem):
-        raise CompressionError(reason)
+def _set_stem(model: nn.Module, stem: str) -> None:
+    """Give a freshly built ResNet-family model the stem `stem` (build_model checked it with stem_refusal)."""
     if stem in ("no-pool", "full-res"):
         model.maxpool = nn.Identity()
     if stem == "full-res":
@@ -354,7 +352,7 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, input_size: i
             options = [w.name for w in torchvision.models.get_model_weights(arch)]
             raise CompressionError(f"unknown weights {weights!r} for {arch}; choose from {options}") from None
     model = _construct(arch, resolved, input_size)
-    set_stem(model, arch, stem)
+    _set_stem(model, stem)
     if getattr(model, "transform_input", False) and in_channels != 3:
         model.transform_input = False  # it re-normalises three ImageNet channels
     # The spec goes on first: the adaptations below keep it current and read it.
