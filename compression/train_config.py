@@ -25,7 +25,10 @@ class TrainConfig:
     freeze_norm: bool = False  # BatchNorm keeps its running statistics and normalises with them while training
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    # Mixed precision. True: on CUDA (bf16 where the GPU has it, else fp16 with a gradient scaler), float32
+    # elsewhere. "bf16": bf16 autocast on CUDA and also on a CPU with native bf16 (AVX512-BF16 or AMX), where it
+    # trains convolutions faster than float32 (docs/benchmarks.md); refused on a device without it.
+    amp: bool | str = True
     progress_seconds: float = 15.0
     checkpoint_seconds: float = 60.0  # see fit
 
@@ -47,6 +50,7 @@ class TrainConfig:
             "optimizer": self.optimizer in ("sgd", "adamw"),
             "scheduler": self.scheduler in ("cosine", "step", "none"),
             "device": self.device in ("auto", "cpu", "cuda", "mps"),
+            "amp": isinstance(self.amp, bool) or self.amp == "bf16",
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

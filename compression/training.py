@@ -7,7 +7,7 @@ checkpoint ends with the same weights as one that never stopped.
 Under torch DDP (`cluster`, compression/distributed.py) every process trains on its slice of each global
 batch, loss and accuracy are summed over processes, and only the leader checkpoints and reports. On CUDA,
 training runs in mixed precision (bf16 where the GPU has it, else fp16 with a gradient scaler) and
-channels_last.
+channels_last; `amp: bf16` also trains in bf16 on a CPU that has it natively.
 """
 
 from __future__ import annotations
@@ -105,9 +105,23 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def precision_for(device: torch.device, amp: bool = True) -> Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with a scaler) and channels_last there; plain
-    float32 on CPU, where autocast would only slow convolutions down."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    (elsewhere on a CPU bf16 is emulated and autocast only slows training down)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def precision_for(device: torch.device, amp: bool | str = True) -> Precision:
+    """amp True: mixed precision on CUDA (bf16 where supported, else fp16 with a scaler) and channels_last
+    there, float32 elsewhere. amp "bf16": bf16 autocast on CUDA or on a CPU with native bf16, refused on any
+    other device. amp False: float32."""
+    if amp == "bf16":
+        if not native_bf16(device):
+            raise CompressionError(f"invalid training setting amp='bf16': the {device.type} device here has no "
+                                   "native bf16 (a CPU needs AVX512-BF16 or AMX); use amp: true or false")
+        return Precision(torch.bfloat16, False, device.type == "cuda")
     if device.type != "cuda" or not amp:
         return Precision()
     if torch.cuda.is_bf16_supported():

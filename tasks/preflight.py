@@ -55,6 +55,7 @@ def preflight(cfg: PipelineConfig, refusable_stages: list[str]) -> str:
         except CompressionError as exc:
             raise ConfigError(f"quantize.backend: {exc}") from None
     check_training_processes(cfg.distributed)
+    check_precision(cfg)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     check_tracking(tracking_uri)
     ensure_writable(cfg.resolve(cfg.output_dir))
@@ -72,6 +73,21 @@ def _gpus() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_precision(cfg: PipelineConfig) -> None:
+    """`amp: bf16` where a stage trains on a device here without native bf16: refused before any work (a trial
+    on another Dask machine is checked again where it trains)."""
+    from compression.training import TrainConfig, native_bf16, resolve_device
+
+    for name in type(cfg).model_fields:
+        section = getattr(cfg, name)
+        train = getattr(section, "train", None)
+        if isinstance(train, TrainConfig) and train.amp == "bf16" and getattr(section, "enabled", True):
+            device = resolve_device(train.device)
+            if not native_bf16(device):
+                raise ConfigError(f"{name}.train.amp: bf16 needs native bf16 and the {device.type} device here "
+                                  "has none (a CPU needs AVX512-BF16 or AMX); use amp: true or false")
 
 
 def check_training_processes(settings: DistributedConfig, field: str = "distributed.processes_per_node") -> None:

@@ -18,6 +18,9 @@ def test_bad_input_is_one_line_and_exit_2():
         (["run", "configs/smoke.yaml", "--set", "model.stem=tiny"], "model.stem: Input should be 'torchvision'"),
         (["run", "configs/smoke.yaml", "--set", "source=models:/upstream@champion", "--set", "model.stem=no-pool"],
          "model.stem 'no-pool' applies to scratch: and torchvision: sources"),
+        (["run", "configs/smoke.yaml", "--set", "distill.train.amp=fp16"], "invalid training setting amp='fp16'"),
+        (["run", "configs/smoke.yaml", "--set", "prune.train.device=mps", "--set", "prune.train.amp=bf16"],
+         "prune.train.amp: bf16 needs native bf16 and the mps device here has none"),
     ]
     for args, message in cases:
         proc = shrinkflow(*args)

@@ -5,7 +5,8 @@ from compression import CompressionError
 from compression.data import Batches, Split, load_dataset
 from compression.measure import evaluate_classifier, profile, timed_calls
 from compression.models import build_model
-from compression.training import Progress, TrainConfig, cross_entropy, fit, seed_everything, train_one_epoch
+from compression.training import (Progress, TrainConfig, cross_entropy, fit, native_bf16, precision_for,
+                                  seed_everything, train_one_epoch)
 from compression.transfer import freeze_backbone_for, transfer_param_groups
 
 
@@ -93,10 +94,28 @@ def test_early_stopping_and_best_weights(small):
 
 
 @pytest.mark.parametrize("field, value", [("epochs", -1), ("lr", 0), ("optimizer", "adam"), ("scheduler", "poly"),
-                                          ("label_smoothing", 1.0), ("patience", 0)])
+                                          ("label_smoothing", 1.0), ("patience", 0), ("amp", "fp16")])
 def test_bad_training_settings_name_the_field(field, value):
     with pytest.raises(CompressionError, match=f"{field}={value!r}"):
         TrainConfig(**{field: value})
+
+
+def test_amp_bf16_is_refused_on_a_device_without_native_bf16():
+    assert precision_for(torch.device("cpu")).dtype is None  # amp true: float32 on any CPU
+    with pytest.raises(CompressionError, match="amp='bf16': the mps device here has no native bf16"):
+        precision_for(torch.device("mps"), "bf16")
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_amp_bf16_trains_in_bf16_on_a_cpu_that_has_it(small):
+    seed_everything(0)
+    model = build_model("resnet18", 4, 1, 28)
+    seen = []
+    model.fc.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    train, val = _batches(small, augment=False)
+    result = fit(model, train, val, TrainConfig(epochs=3, lr=0.02, amp="bf16", checkpoint_seconds=0))
+    assert seen[0] == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 2  # it learned
 
 
 def test_transfer_freezes_backbone_then_unfreezes(small):
