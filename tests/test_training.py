@@ -5,8 +5,16 @@ from compression import CompressionError
 from compression.data import Batches, Split, load_dataset
 from compression.measure import evaluate_classifier, profile, timed_calls
 from compression.models import build_model
-from compression.training import (Progress, TrainConfig, cross_entropy, fit, native_bf16, precision_for,
-                                  seed_everything, train_one_epoch)
+from compression.training import (
+    Progress,
+    TrainConfig,
+    cross_entropy,
+    fit,
+    native_bf16,
+    precision_for,
+    seed_everything,
+    train_one_epoch,
+)
 from compression.transfer import freeze_backbone_for, transfer_param_groups
 
 
