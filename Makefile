@@ -71,6 +71,7 @@ serve: $(STAMP)
 bench: $(STAMP) data
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/datapath.py
+	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/logging_cost.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/compression_results.py

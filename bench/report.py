@@ -343,6 +343,10 @@ def main() -> None:
         from bench.fidelity import section as section_fidelity
 
         lines += section_fidelity(results["fidelity"])
+    if "precision" in results:
+        from bench.precision import section as section_precision
+
+        lines += section_precision(results["precision"])
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOC.relative_to(PROJECT_ROOT)}")
