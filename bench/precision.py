@@ -87,13 +87,15 @@ def main() -> None:
     if not native_bf16(torch.device("cpu")):
         say("precision: this CPU has no native bf16 (AVX512-BF16 or AMX); train.amp: bf16 is refused here")
         return
-    rows = []
+    rows, cores = [], torch.get_num_threads()
     for label, model, size, channels, batch in _models():
-        say(f"precision: {label}")
         split = _split(size, channels, batch * STEPS)
-        rows.append({"model": label, "params": count_params(model), "image_size": size, "batch_size": batch,
-                     **_measure(model.train(), split, batch)})
-        say(f"precision: {label}: bf16 {rows[-1]['bf16_over_fp32']:.2f}x float32")
+        for threads in sorted({1, cores}):  # 1: as each of a search's trials trains on a 2-core machine
+            torch.set_num_threads(threads)
+            rows.append({"model": label, "params": count_params(model), "image_size": size, "batch_size": batch,
+                         "threads": threads, **_measure(model.train(), split, batch)})
+            say(f"precision: {label}, {threads} threads: bf16 {rows[-1]['bf16_over_fp32']:.2f}x float32")
+        torch.set_num_threads(cores)
     save("precision", {"rows": rows, "steps": STEPS, "rounds": ROUNDS, "machine": machine(),
                        "command": "python bench/precision.py"})
 
@@ -105,11 +107,12 @@ def section(results: dict) -> list[str]:
     return [SECTION, "",
             f"`python bench/precision.py`: {results['steps']} training steps per measurement (AdamW, real "
             f"Fashion-MNIST images), float32 and bf16 autocast alternating for {results['rounds']} rounds after a "
-            f"warm-up round, torch threads {results['machine']['torch_threads']}; medians, and the median of each "
+            "warm-up round, on one thread and on all of them; medians, and the median of each "
             "round's paired ratio. bf16 is `train.amp: bf16` (refused on a CPU without native bf16); the default "
             "(`amp: true`) trains in float32 on CPU.", "",
             table(results["rows"], [("model", "model", ""), ("params", "params", "{:,}"),
                                     ("image_size", "px", "{}"), ("batch_size", "batch", "{}"),
+                                    ("threads", "threads", "{}"),
                                     ("fp32_images_per_s", "float32 images/s", "{:,.0f}"),
                                     ("bf16_images_per_s", "bf16 images/s", "{:,.0f}"),
                                     ("bf16_over_fp32", "bf16 / float32", "{:.2f}x")]), ""]
