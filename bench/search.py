@@ -211,6 +211,28 @@ def part_d(work: Path, store: dict, uri: str) -> dict:
     return out
 
 
+def teacher_stages(uri: str, parent_run_id: str) -> dict:
+    """Seconds the teacher's stages took where they ran (a stage this run found in the cache: the earlier run
+    that trained it, named by the parent's stage.<name>.run_id tag), and which came from the cache."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    tags = client.get_run(parent_run_id).data.tags
+    runs = {stage: client.get_run(tags[f"stage.{stage}.run_id"]) for stage in TEACHER_STAGES
+            if f"stage.{stage}.run_id" in tags}
+    return {"seconds": sum((r.info.end_time - r.info.start_time) / 1000 for r in runs.values() if r.info.end_time),
+            "cached": [stage for stage in runs if tags.get(f"stage.{stage}.cached") == "true"]}
+
+
+def e_settings() -> dict:
+    """What (e) ran with, as its config says: the teacher's stem and epochs, the students' precision."""
+    from tasks.config import load_config
+
+    cfg = load_config(FULL_CONFIG)
+    return {"stem": cfg.model.stem, "teacher_epochs": cfg.finetune.train.epochs,
+            "student_amp": cfg.distill.train.amp, "recovery_epochs": cfg.prune.train.epochs}
+
+
 def part_e(work: Path, store: dict, uri: str) -> dict:
     say(f"search (e): {FULL_CONFIG}: all of Fashion-MNIST, the ResNet-18 teacher from scratch, then the search")
     overrides = {**store, "output_dir": str(work / "outputs-fmnist")}
@@ -218,9 +240,11 @@ def part_e(work: Path, store: dict, uri: str) -> dict:
         overrides.update({"data.train_per_class": 60, "data.val_per_class": 20, "data.test_per_class": 50,
                           "finetune.train.epochs": 1, "search.trials": 2, "search.top_k": 1})
     result, seconds = run_flow(work, "search", str(PROJECT_ROOT / FULL_CONFIG), overrides)
-    teacher = sum(stage_seconds(uri, result["run_id"], stage) for stage in TEACHER_STAGES)
-    say(f"search (e): took {seconds:.0f} s, {teacher:.0f} s of it the teacher's stages")
-    return {"search": summary(result, seconds, uri), "teacher_seconds": teacher}
+    teacher = teacher_stages(uri, result["run_id"])
+    say(f"search (e): took {seconds:.0f} s; the teacher's stages {teacher['seconds']:.0f} s"
+        + (f" (from the cache: {', '.join(teacher['cached'])})" if teacher["cached"] else ""))
+    return {"search": summary(result, seconds, uri), "teacher_seconds": teacher["seconds"],
+            "teacher_cached": teacher["cached"], "settings": e_settings()}
 
 
 PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}
@@ -418,6 +442,27 @@ def _trial_rows(run: dict) -> list[dict]:
     return rows
 
 
+def _e_model(settings: dict | None) -> str:
+    """The teacher and students of (e), in words."""
+    if not settings or settings["stem"] == "torchvision":
+        return "torchvision's ResNet-18 as every 28 px run here builds it (ImageNet stem)"
+    return (f"torchvision's ResNet-18 with `model.stem: {settings['stem']}` (the first block sees a "
+            f"{14 if settings['stem'] == 'no-pool' else 28}x{14 if settings['stem'] == 'no-pool' else 28} map), "
+            f"{settings['teacher_epochs']} epochs,"
+            + (" its students (distillation, recovery) in bf16 (`amp: bf16`)," if settings["student_amp"] == "bf16"
+               else ""))
+
+
+def _e_time(e: dict) -> str:
+    """Where (e)'s wall time went; a teacher from the cache was trained by an earlier run of the same command."""
+    teacher = f"{e['teacher_seconds'] / 60:.0f} min"
+    if e.get("teacher_cached"):
+        return (f"the teacher's stages {teacher} in an earlier run of the same command (stopped once they were done "
+                f"and run again: this run found them in the cache), then the search {e['search']['seconds'] / 60:.0f} "
+                "min on this machine")
+    return f"the whole run {e['search']['seconds'] / 60:.0f} min on this machine, {teacher} of it the teacher's stages"
+
+
 def _section_e(r: dict) -> list[str]:
     from bench.report import REFERENCES, goal, table
 
@@ -434,8 +479,8 @@ def _section_e(r: dict) -> list[str]:
     limit = plan["targets"][0]["limit"]
     return ["### (e) Against a published table: all of Fashion-MNIST", "",
             f"`{FULL_CONFIG}`: all ten classes, 59,000 training images (100 per class held out for val), scored on "
-            "the official 10,000 test images; torchvision's ResNet-18 as every 28 px run here builds it (ImageNet "
-            "stem) trained from scratch as the teacher, then a search for the most accurate student with at most "
+            f"the official 10,000 test images; {_e_model(r['e'].get('settings'))} trained from scratch as the "
+            "teacher, then a search for the most accurate student with at most "
             f"{limit:,.0f} parameters (fewer than the reference CNN's ~113K) within 1 point of the teacher's val "
             f"accuracy ({plan['teacher']['val_accuracy']:.4f}). The references are the Fashion-MNIST benchmark's "
             "own table (zalandoresearch/fashion-mnist, not run here); test accuracy:", "",
@@ -443,8 +488,7 @@ def _section_e(r: dict) -> list[str]:
                          ("macs", "MACs", "{:,}"), ("size_bytes", "file bytes", "{:,}")]), "",
             f"- Goal, a registered model with fewer parameters than the CNN and more accurate than its 92.2%: "
             f"{goal(met)}. The teacher: {_fmt(teacher.get('accuracy'))} against the reference ResNet-18's 94.9%.",
-            f"- Time: the whole run {search['seconds'] / 60:.0f} min on this machine, "
-            f"{r['e']['teacher_seconds'] / 60:.0f} min of it the teacher's stages; {len(search['trials'])} trials "
+            f"- Time: {_e_time(r['e'])}; {len(search['trials'])} trials "
             f"({search['completed']} completed, {search['pruned']} stopped by the pruner); the finalists (the best "
             "and the recipe's) re-trained at full epochs. The trials (val accuracy at trial epochs):", "",
             table(_trial_rows(search), [("name", "trial", ""), ("state", "state", ""), ("params", "params", "{:,}"),

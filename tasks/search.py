@@ -424,20 +424,32 @@ def _earlier_trials(cfg: PipelineConfig, teacher: ModelRef, study_name: str) -> 
     for path in sorted((output_root(cfg) / "search").glob("*/study.db")):
         try:
             storage = study_storage(path)
-            summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
         except Exception as exc:  # noqa: BLE001 - a hint for the sampler: an unreadable file must not stop the search
             log.warning("[search] %s not read for earlier trials: %s", path, first_line(exc))
             continue
-        for summary in summaries:
-            if summary.user_attrs.get("teacher_sha256") != teacher["sha256"] or (
-                    path == own and summary.study_name == study_name):
-                continue
-            done = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            trials += [{"settings": t.user_attrs["outcome"]["settings"], "accuracy": t.value,
-                        "feasible": bool(t.constraints) and all(v <= 0 for v in t.constraints.values()),
-                        "origin": f"{path.parent.name}/{summary.study_name}#{t.number}"}
-                       for t in done if "settings" in t.user_attrs.get("outcome", {})]
+        try:
+            skip = study_name if path == own else None
+            trials += [{**t, "origin": f"{path.parent.name}/{t['origin']}"}
+                       for t in _completed_trials(storage, teacher["sha256"], skip)]
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("[search] %s not read for earlier trials: %s", path, first_line(exc))
+        finally:
+            storage.engine.dispose()  # one file of many: its connections are not kept open for the search
+    return trials
+
+
+def _completed_trials(storage: optuna.storages.RDBStorage, teacher_sha256: str, skip: str | None) -> list[dict]:
+    """The completed trials of the studies in `storage` made on that teacher (but the study `skip`)."""
+    trials = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.user_attrs.get("teacher_sha256") != teacher_sha256 or summary.study_name == skip:
+            continue
+        done = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        trials += [{"settings": t.user_attrs["outcome"]["settings"], "accuracy": t.value,
+                    "feasible": bool(t.constraints) and all(v <= 0 for v in t.constraints.values()),
+                    "origin": f"{summary.study_name}#{t.number}"}
+                   for t in done if "settings" in t.user_attrs.get("outcome", {})]
     return trials
 
 
