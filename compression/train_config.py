@@ -26,8 +26,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # Mixed precision. True: on CUDA (bf16 where the GPU has it, else fp16 with a gradient scaler), float32
-    # elsewhere. "bf16": bf16 autocast on CUDA and also on a CPU with native bf16 (AVX512-BF16 or AMX), where it
-    # trains convolutions faster than float32 (docs/benchmarks.md); refused on a device without it.
+    # elsewhere. "bf16": bf16 autocast on CUDA and also on a CPU with native bf16 (AVX512-BF16 or AMX), where
+    # wide convolutions can train faster than in float32 and small ones slower (bench/precision.py measures
+    # both); refused on a device without it.
     amp: bool | str = True
     progress_seconds: float = 15.0
     checkpoint_seconds: float = 60.0  # see fit
