@@ -92,27 +92,36 @@ def run_search(work: Path, overrides: dict, code: Path = PROJECT_ROOT) -> tuple[
     return run_flow(work, "search", str(PROJECT_ROOT / CONFIG), overrides, code)
 
 
-def trial_runs(uri: str, parent_run_id: str) -> list[dict]:
+def trial_runs(uri: str, parent_run_id: str, numbers: tuple[int, ...] = ()) -> list[dict]:
     """Each trial's MLflow run (not the re-trainings at full epochs): name, state, start, end, and the
-    seconds its stages spent in training epochs (their epoch_time metrics, every step)."""
+    seconds its stages spent in training epochs (their epoch_time metrics, every step). `numbers`: trials of
+    the search's study that an earlier run of it logged (a search stopped and resumed), each its latest run."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment = client.get_run(parent_run_id).info.experiment_id
+    parent = client.get_run(parent_run_id)
+    experiment = parent.info.experiment_id
     runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                               "tags.`shrinkflow.stage` = 'trial'", max_results=1000)
-    rows = []
-    for run in runs:
-        stages = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=50)
-        training = sum(m.value for stage in stages for key in stage.data.metrics if key.endswith("epoch_time")
-                       for m in client.get_metric_history(stage.info.run_id, key))
-        rows.append({"name": run.data.tags.get("mlflow.runName"), "status": run.info.status,
-                     "state": run.data.tags.get("search.state", "COMPLETE" if run.info.status == "FINISHED" else
-                                                run.info.status),
-                     "start": run.info.start_time / 1000, "end": (run.info.end_time or run.info.start_time) / 1000,
-                     "training_seconds": training,
-                     **{k: v for k, v in run.data.metrics.items() if k.startswith("seconds.")}})
-    return sorted(rows, key=lambda r: r["end"])
+    here = {run.data.tags.get("shrinkflow.trial") for run in runs}
+    for number in (n for n in numbers if str(n) not in here):
+        runs += client.search_runs(
+            [experiment], f"tags.`shrinkflow.study` = '{parent.data.tags.get('shrinkflow.study')}' and "
+            f"tags.`shrinkflow.stage` = 'trial' and tags.`shrinkflow.trial` = '{number}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+    return sorted((_trial_run(client, experiment, run) for run in runs), key=lambda r: r["end"])
+
+
+def _trial_run(client, experiment: str, run) -> dict:
+    stages = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=50)
+    training = sum(m.value for stage in stages for key in stage.data.metrics if key.endswith("epoch_time")
+                   for m in client.get_metric_history(stage.info.run_id, key))
+    return {"name": run.data.tags.get("mlflow.runName"), "status": run.info.status,
+            "state": run.data.tags.get("search.state", "COMPLETE" if run.info.status == "FINISHED" else
+                                       run.info.status),
+            "start": run.info.start_time / 1000, "end": (run.info.end_time or run.info.start_time) / 1000,
+            "training_seconds": training,
+            **{k: v for k, v in run.data.metrics.items() if k.startswith("seconds.")}}
 
 
 def stage_seconds(uri: str, parent_run_id: str, stage: str) -> float:
@@ -137,7 +146,8 @@ def feasible(trial: dict, plan: dict, max_drop: float = 0.01) -> bool:
 
 def summary(result: dict, seconds: float, uri: str) -> dict:
     """What every part reports of a search: its trials (outcome and MLflow timing), trial-seconds, wall time."""
-    runs = {r["name"]: r for r in trial_runs(uri, result["run_id"])}
+    numbers = tuple(t["number"] for t in result["trials"])  # a resumed search's earlier trials too
+    runs = {r["name"]: r for r in trial_runs(uri, result["run_id"], numbers)}
     trials = [{**t, "run": runs.get(t["name"])} for t in result["trials"]]
     return {"run_id": result["run_id"], "plan": result["plan"], "trials": trials, "table": result["table"],
             "registered": result["registered"], "finalists": [f["name"] for f in result["finalists"]],
