@@ -11,6 +11,7 @@ that student pruned to about 110,000 parameters (what (e)'s trials recover); Res
 
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def _models() -> list[tuple[str, object, int, int, int]]:
 
     torch.manual_seed(0)
     student = trim(build_model("resnet18", 10, 1, 28, stem="no-pool"), 1)
-    pruned = trim(build_model("resnet18", 10, 1, 28, stem="no-pool"), 1)
+    pruned = copy.deepcopy(student)
     prune_structured(pruned, torch.randn(1, 1, 28, 28), 0.85, iterative_steps=1, round_to=8)
     return [("ResNet-18, torchvision stem, 28 px", build_model("resnet18", 10, 1, 28), 28, 1, BATCH),
             ("ResNet-18, no-pool stem, 28 px", build_model("resnet18", 10, 1, 28, stem="no-pool"), 28, 1, BATCH),

@@ -455,12 +455,12 @@ def _trial_rows(run: dict) -> list[dict]:
 def _e_model(settings: dict | None) -> str:
     """The teacher and students of (e), in words."""
     if not settings or settings["stem"] == "torchvision":
-        return "torchvision's ResNet-18 as every 28 px run here builds it (ImageNet stem)"
-    return (f"torchvision's ResNet-18 with `model.stem: {settings['stem']}` (the first block sees a "
-            f"{14 if settings['stem'] == 'no-pool' else 28}x{14 if settings['stem'] == 'no-pool' else 28} map), "
-            f"{settings['teacher_epochs']} epochs,"
-            + (" its students (distillation, recovery) in bf16 (`amp: bf16`)," if settings["student_amp"] == "bf16"
-               else ""))
+        return ("torchvision's ResNet-18 as every 28 px run here builds it (ImageNet stem) trained from scratch as "
+                "the teacher")
+    side = 14 if settings["stem"] == "no-pool" else 28
+    bf16 = "; its students distilled and recovered in bf16 (`amp: bf16`)" if settings["student_amp"] == "bf16" else ""
+    return (f"torchvision's ResNet-18 with `model.stem: {settings['stem']}` (the first block sees a {side}x{side} map) "
+            f"trained from scratch for {settings['teacher_epochs']} epochs as the teacher{bf16}")
 
 
 def _e_time(e: dict) -> str:
@@ -489,8 +489,8 @@ def _section_e(r: dict) -> list[str]:
     limit = plan["targets"][0]["limit"]
     return ["### (e) Against a published table: all of Fashion-MNIST", "",
             f"`{FULL_CONFIG}`: all ten classes, 59,000 training images (100 per class held out for val), scored on "
-            f"the official 10,000 test images; {_e_model(r['e'].get('settings'))} trained from scratch as the "
-            "teacher, then a search for the most accurate student with at most "
+            f"the official 10,000 test images; {_e_model(r['e'].get('settings'))}, then a "
+            "search for the most accurate student with at most "
             f"{limit:,.0f} parameters (fewer than the reference CNN's ~113K) within 1 point of the teacher's val "
             f"accuracy ({plan['teacher']['val_accuracy']:.4f}). The references are the Fashion-MNIST benchmark's "
             "own table (zalandoresearch/fashion-mnist, not run here); test accuracy:", "",
