@@ -7,8 +7,9 @@ A quota is not a slower CPU: the processes run at full speed for a quarter of ea
 so a quick wait for a server can last a whole period. Where no cgroup can be made (not root, no cgroup cpu
 controller), only the unthrottled run is recorded and the report says so.
 
-`python bench/suite.py [--fraction 0.25] [--target test]`; with BENCH_QUICK=1 both runs take two test modules
-only (QUICK_TESTS), to check the script in a minute.
+`python bench/suite.py [--fraction 0.25] [--target test]`; `--fraction 1`, on a machine of the slow kind, times
+the suite there alone. With BENCH_QUICK=1 the runs take two test modules only (QUICK_TESTS), to check the
+script in a minute.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def main() -> None:
     say(f"make {args.target}, unthrottled")
     runs = {"full": run_make(args.target, None, logs / "full.log")}
     say(f"make {args.target}: {runs['full']['wall_s']:.0f} s, {runs['full']['pytest']}")
-    group = make_cgroup(args.fraction)
+    group = make_cgroup(args.fraction) if args.fraction < 1 else None  # 1: this machine is the slow one
     if group:
         say(f"make {args.target} with {args.fraction:g} of the CPU (cgroup {group})")
         try:

@@ -113,14 +113,22 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def bf16_refusal(device: torch.device) -> str | None:
+    """Why `amp: bf16` cannot train on `device` (None where it can): one wording for the check before any
+    work and for the one where training starts."""
+    if native_bf16(device):
+        return None
+    return (f"the {device.type} device here has no native bf16 (a CPU needs AVX512-BF16 or AMX); use amp: true "
+            "or false")
+
+
 def precision_for(device: torch.device, amp: bool | str = True) -> Precision:
     """amp True: mixed precision on CUDA (bf16 where supported, else fp16 with a scaler) and channels_last
     there, float32 elsewhere. amp "bf16": bf16 autocast on CUDA or on a CPU with native bf16, refused on any
     other device. amp False: float32."""
     if amp == "bf16":
-        if not native_bf16(device):
-            raise CompressionError(f"invalid training setting amp='bf16': the {device.type} device here has no "
-                                   "native bf16 (a CPU needs AVX512-BF16 or AMX); use amp: true or false")
+        if refusal := bf16_refusal(device):
+            raise CompressionError(f"invalid training setting amp='bf16': {refusal}")
         return Precision(torch.bfloat16, False, device.type == "cuda")
     if device.type != "cuda" or not amp:
         return Precision()

@@ -78,16 +78,14 @@ def _gpus() -> int:
 def check_precision(cfg: PipelineConfig) -> None:
     """`amp: bf16` where a stage trains on a device here without native bf16: refused before any work (a trial
     on another Dask machine is checked again where it trains)."""
-    from compression.training import TrainConfig, native_bf16, resolve_device
+    from compression.training import TrainConfig, bf16_refusal, resolve_device
 
     for name in type(cfg).model_fields:
         section = getattr(cfg, name)
         train = getattr(section, "train", None)
         if isinstance(train, TrainConfig) and train.amp == "bf16" and getattr(section, "enabled", True):
-            device = resolve_device(train.device)
-            if not native_bf16(device):
-                raise ConfigError(f"{name}.train.amp: bf16 needs native bf16 and the {device.type} device here "
-                                  "has none (a CPU needs AVX512-BF16 or AMX); use amp: true or false")
+            if refusal := bf16_refusal(resolve_device(train.device)):
+                raise ConfigError(f"{name}.train.amp: bf16: {refusal}")
 
 
 def check_training_processes(settings: DistributedConfig, field: str = "distributed.processes_per_node") -> None:
