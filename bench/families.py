@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, QUICK_PIPELINE, RESULTS, WORK, Timer, fresh_store, machine, save, say, use_prefect_env
+from bench.common import QUICK, QUICK_PIPELINE, RESULTS, WORK, Timer, fresh_store, save, say, use_prefect_env
 
 # Per family: settings beyond the demo's (and FINETUNE below), each from a measured run with the demo's prune ratio
 # of 0.6: MobileNetV2 and EfficientNet-B0 are compact already, and 0.6 took their pruned students 2.2 and 2.0 points
@@ -127,7 +127,7 @@ def main(families: list[str], upstream_only: bool = False) -> None:
         return
     uri = fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
-    results = {"machine": machine(), "upstream": teachers, "finetune": FINETUNE, "not_run": NOT_RUN,
+    results = {"upstream": teachers, "finetune": FINETUNE, "not_run": NOT_RUN,
                "runs": {}, "command": "python bench/families.py", "tracking_uri": uri}
     for arch in families:
         say(f"families: {arch}: the demo's compression, teacher pretrained upstream")

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, QUICK_PIPELINE, Timer, fresh_store, machine, save, say, use_prefect_env
+from bench.common import QUICK, QUICK_PIPELINE, Timer, fresh_store, save, say, use_prefect_env
 
 TASKS = {"quickstart": "configs/quickstart.yaml", "fmnist10": "configs/fmnist10.yaml"}
 # BENCH_QUICK=1: the demo's task alone (all ten classes take the same path with another config), two seeds.
@@ -88,7 +88,7 @@ def main(tasks: list[str], seeds: dict[str, int]) -> None:
 
     uri = fresh_store(work)
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs")}
-    results = {"machine": machine(), "tasks": {}, "command": "python bench/fidelity.py", "tracking_uri": uri}
+    results = {"tasks": {}, "command": "python bench/fidelity.py", "tracking_uri": uri}
     say("fidelity: the demo's upstream model (configs/pretrain.yaml)")
     pretrain("configs/pretrain.yaml", {**store, **(QUICK_PIPELINE if QUICK else {})})
     for task in tasks:

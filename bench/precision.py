@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import QUICK, machine, save, say
+from bench.common import QUICK, save, say
 
 BATCH = 128
 STEPS = 2 if QUICK else 8  # steps per measurement
@@ -97,7 +97,7 @@ def main() -> None:
                          "threads": threads, **_measure(model.train(), split, batch)})
             say(f"precision: {label}, {threads} threads: bf16 {rows[-1]['bf16_over_fp32']:.2f}x float32")
         torch.set_num_threads(cores)
-    save("precision", {"rows": rows, "steps": STEPS, "rounds": ROUNDS, "machine": machine(),
+    save("precision", {"rows": rows, "steps": STEPS, "rounds": ROUNDS,
                        "command": "python bench/precision.py"})
 
 

@@ -283,7 +283,7 @@ def section_suite(r: dict) -> list[str]:
     out = ["## 10. The test suite", "", f"`{r['command']}`: `make {r['target']}` as README prints it, {how}.", "",
            table(rows, [("run", "run", ""), ("wall", "minutes", "{:.1f}"), ("cpu", "CPU seconds", "{:.0f}"),
                         ("pytest", "pytest", "")]), ""]
-    slowest = r["runs"].get("throttled") or (r["runs"]["full"] if r["fraction"] == 1 else None)
+    slowest = r["runs"]["full"] if r["fraction"] == 1 else r["runs"].get("throttled")
     if slowest:
         where = here if r["fraction"] == 1 else f"a machine {1 / r['fraction']:g}x slower"
         minutes = slowest["wall_s"] / 60

@@ -42,7 +42,6 @@ from bench.common import (
     Timer,
     fresh_store,
     kept_parts,
-    machine,
     save,
     say,
     use_prefect_env,
@@ -273,7 +272,7 @@ def main() -> None:
     store = {"tracking.uri": uri, "output_dir": str(work / "outputs"), **(QUICK_PIPELINE if QUICK else {}),
              **({"search.trial_epochs": 1, "search.trials": 3} if QUICK else {})}
     results = kept_parts(parser, "search", parts, PARTS) if args.only else {}
-    results.update({"machine": machine(), "config": CONFIG, "targets": TARGETS})
+    results.update({"config": CONFIG, "targets": TARGETS})
     if not args.only:
         from flows.pretrain import pretrain
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import PROJECT_ROOT, QUICK, QUICK_PIPELINE, Timer, free_port, machine, save, say, use_prefect_env
+from bench.common import PROJECT_ROOT, QUICK, QUICK_PIPELINE, Timer, free_port, save, say, use_prefect_env
 
 RUNTIMES = {  # name: (candidate, runtime)
     "torch eager": ("pruned", "torch"), "torch int8": ("quantized_static", "torch"),
@@ -200,7 +200,7 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGTERM)
     say("serving: the same calls without the server")
     bare = bare_latency(dirs, images)
-    results = {"machine": machine(), "rounds": ROUNDS, "runtimes": {name: list(v) for name, v in RUNTIMES.items()},
+    results = {"rounds": ROUNDS, "runtimes": {name: list(v) for name, v in RUNTIMES.items()},
                "candidates": {c: {k: rows[c][k] for k in ("accuracy", "params", "macs", "size_bytes")}
                               for c in ("pruned", "quantized_static")},
                "served": {name: {str(b): _summary(v) for b, v in by_batch.items()}
